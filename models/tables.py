@@ -1,0 +1,87 @@
+"""Every table of session-mcp, in one module so one metadata sees them all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Float, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class SessionRow(SQLModel, table=True):
+    __tablename__ = "sessions"
+
+    session_id: str = Field(primary_key=True, max_length=128)
+    user_id: str = Field(index=True, max_length=128)
+    parent_id: str | None = Field(default=None, max_length=128)
+    agent_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    status: str = Field(default="active", max_length=16)
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = Field(default=None, index=True)
+    purged_at: datetime | None = Field(default=None)
+    meta: str = Field(default="{}", sa_column=Column("meta", Text, nullable=False))
+    message_count: int = Field(default=0)
+
+
+class StateRow(SQLModel, table=True):
+    """One key of a session's state. Numbers live in typed columns so increments are one SQL statement."""
+
+    __tablename__ = "state"
+
+    session_id: str = Field(primary_key=True, max_length=128)
+    key: str = Field(primary_key=True, max_length=256)
+    kind: str = Field(max_length=8)  # "int" | "real" | "json"
+    num_int: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    num_real: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    value_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    version: int = Field(default=1)
+    updated_at: datetime
+
+
+class MemoryRow(SQLModel, table=True):
+    """A memory. `scope` is `long:<user_id>` or `short:<session_id>`; `seq` keys the vector caches."""
+
+    __tablename__ = "memories"
+    __table_args__ = (
+        UniqueConstraint("scope", "text_hash", name="uq_memories_scope_text"),
+        Index("ix_memories_scope_seq", "scope", "seq"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    memory_id: str = Field(unique=True, max_length=32)
+    scope: str = Field(max_length=200)
+    session_id: str = Field(index=True, max_length=128)
+    user_id: str = Field(max_length=128)
+    memory_type: str = Field(max_length=8)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    text_hash: str = Field(max_length=64)
+    meta: str = Field(default="{}", sa_column=Column("meta", Text, nullable=False))
+    created_at: datetime
+    embedding: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class MessageRow(SQLModel, table=True):
+    """One conversation message; `position` orders a session's history."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("session_id", "position", name="uq_messages_session_position"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True, max_length=32)
+    session_id: str = Field(max_length=128)
+    position: int
+    agent: str | None = Field(default=None, max_length=128)
+    role: str = Field(max_length=16)
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    tool_calls: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    tool_call_id: str | None = Field(default=None, max_length=256)
+    created_at: datetime
+
+
+class MigrationRow(SQLModel, table=True):
+    __tablename__ = "schema_migrations"
+
+    version: int = Field(primary_key=True)
+    name: str = Field(max_length=200)
+    applied_at: datetime

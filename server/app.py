@@ -1,0 +1,88 @@
+"""The app factory: an MCPServer with every tool, resource and prompt, over one session layer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+import anyio
+import anyio.to_thread
+from mcp.server.mcpserver import MCPServer
+
+from session_mcp.models.clock import Clock
+from session_mcp.models.embedder import Embedder
+from session_mcp.models.layer import SessionLayer
+from session_mcp.server.errors import error_codes, resource_errors, tool_errors
+from session_mcp.server.settings import Settings
+from session_mcp.tools import ALL_TOOLS
+from session_mcp.tools.resources import PROMPTS, RESOURCES
+
+log = logging.getLogger("session_mcp.server")
+
+INSTRUCTIONS = """\
+session-mcp keeps durable sessions for you.
+1. Start with session_create (pass the same session_id later to resume it); use the returned session_id everywhere.
+2. Store durable facts about the user with memory_add(memory_type="long"), scratch notes for this task with
+   memory_type="short", structured values and counters with state_set / state_increment.
+3. Before answering, call get_context with the user's message to recall what is relevant.
+4. Record the conversation with history_add if the host does not keep it.
+Errors start with a code (session_not_found, session_expired, conflict, ...) and say what to do next."""
+
+
+def build_server(
+    settings: Settings, *, clock: Clock | None = None, embedder: Embedder | None = None
+) -> MCPServer[SessionLayer]:
+    """Build the server. Tests pass a clock and a shared embedder; production passes neither."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[SessionLayer]) -> AsyncIterator[SessionLayer]:
+        layer = await anyio.to_thread.run_sync(
+            lambda: SessionLayer(settings.layer_config(), clock=clock, embedder=embedder)
+        )
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_sweep_forever, layer, settings.sweeper_interval_seconds)
+                if settings.warm_model and not layer.embedder.loaded:
+                    # The handshake never waits for the model; the first search usually won't either.
+                    tasks.start_soon(_warm, layer)
+                yield layer
+                tasks.cancel_scope.cancel()
+        finally:
+            await anyio.to_thread.run_sync(layer.close)
+
+    server: MCPServer[SessionLayer] = MCPServer(
+        "session-mcp",
+        title="session-mcp",
+        version=version("session-mcp"),
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level=settings.log_level,
+        middleware=[error_codes],
+    )
+    for spec in ALL_TOOLS:
+        server.add_tool(tool_errors(spec.fn), title=spec.title, annotations=spec.annotations)
+    for resource in RESOURCES:
+        server.resource(resource.uri, mime_type="application/json", description=resource.description)(
+            resource_errors(resource.fn)
+        )
+    for prompt in PROMPTS:
+        server.prompt()(resource_errors(prompt))
+    return server
+
+
+async def _sweep_forever(layer: SessionLayer, interval: float) -> None:
+    while True:
+        try:
+            await anyio.to_thread.run_sync(layer.sweeper.sweep, abandon_on_cancel=True)
+        except Exception:
+            log.exception("sweep failed; will try again")
+        await anyio.sleep(interval)
+
+
+async def _warm(layer: SessionLayer) -> None:
+    try:
+        await anyio.to_thread.run_sync(layer.embedder.warm, abandon_on_cancel=True)
+    except Exception:
+        log.exception("could not load the embedding model; memory tools will report it")

@@ -1,0 +1,87 @@
+"""The one place domain errors become MCP errors: tool errors whose text starts with a stable code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+from mcp.types import CallToolResult, TextContent
+
+from session_mcp.models.errors import NotFound, SessionError
+
+log = logging.getLogger("session_mcp.errors")
+F = TypeVar("F", bound=Callable[..., Any])
+_PREFIX = "Error executing tool "
+
+
+def tool_errors(fn: F) -> F:
+    """Return a SessionError as an error result the model reads: `code: what happened; what next`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SessionError as exc:
+            log.info("%s refused: %s", fn.__name__, exc.code)
+            return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def resource_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NotFound as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+        except SessionError as exc:
+            raise ResourceError(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _tidy_validation(detail: str) -> str:
+    """Turn pydantic's multi-line report into `field: problem` pairs the model can act on."""
+    lines = [
+        line for line in detail.splitlines()[1:] if not line.strip().startswith("For further information")
+    ]
+    problems: list[str] = []
+    field = ""
+    for line in lines:
+        if not line.startswith(" "):
+            field = line.strip()
+        else:
+            message = re.sub(r"\s*\[type=.*$", "", line.strip())
+            problems.append(f"{field}: {message}" if field else message)
+    return "; ".join(problems) or detail
+
+
+async def error_codes(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Give the SDK's own tool errors (bad arguments, crashes) a stable code too."""
+    result = await call_next(ctx)
+    if ctx.method != "tools/call":
+        return result
+    if isinstance(result, dict) and result.get("isError"):
+        result = CallToolResult.model_validate(result)  # the handler may answer with the wire form
+    if not isinstance(result, CallToolResult) or not result.is_error:
+        return result
+    first = result.content[0] if result.content else None
+    if not isinstance(first, TextContent) or not first.text.startswith(_PREFIX):
+        return result
+    name, sep, detail = first.text[len(_PREFIX) :].partition(": ")
+    if not sep:
+        text = (
+            f"internal_error: {name} failed unexpectedly; the server logged the details. "
+            "Try again; if it keeps failing, report it"
+        )
+    elif "validation error" in detail:
+        text = f"invalid_argument: {_tidy_validation(detail)}; fix the arguments and call {name} again"
+    else:
+        text = detail
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)

