@@ -46,6 +46,8 @@ class MemoryRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("scope", "text_hash", name="uq_memories_scope_text"),
         Index("ix_memories_scope_seq", "scope", "seq"),
+        # A seq names one vector forever in the caches: SQLite must never reuse a deleted rowid.
+        {"sqlite_autoincrement": True},
     )
 
     seq: int | None = Field(default=None, primary_key=True)

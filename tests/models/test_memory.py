@@ -115,3 +115,17 @@ def test_search_after_many_adds_still_agrees_with_rows(layer: SessionLayer, alic
         layer.memory.delete(alice, memory_id)
     found = {h.memory_id for h in layer.memory.search(alice, "note about topic", limit=100).results}
     assert found <= set(ids[1::2]) and len(found) == 20
+
+
+def test_replacing_the_newest_memory_never_serves_the_old_vector(layer: SessionLayer, alice: str) -> None:
+    layer.memory.add(alice, "The cat sleeps on the sofa")
+    newest = layer.memory.add(alice, "Quarterly revenue grew by twelve percent")
+    assert layer.memory.search(alice, "revenue growth", limit=1).results[0].memory_id == newest.memory_id
+    layer.memory.delete(alice, newest.memory_id)
+    replacement = layer.memory.add(alice, "The dentist appointment is on Monday")
+    hits = layer.memory.search(alice, "when is the dentist appointment", limit=1).results
+    assert hits[0].memory_id == replacement.memory_id
+    assert all(
+        h.text != "Quarterly revenue grew by twelve percent"
+        for h in layer.memory.search(alice, "revenue").results
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult, TextContent
@@ -179,3 +180,19 @@ async def test_context_prompt_wraps_get_context(client: Client) -> None:
     prompt = await client.get_prompt("context", {"session_id": "p", "query": "where do I live?"})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert "Lisbon" in text and "where do I live?" in text
+
+
+async def test_two_hundred_increments_in_flight_on_one_connection_lose_nothing(client: Client) -> None:
+    await call(client, "session_create", session_id="busy")
+    values: list[int] = []
+
+    async def bump() -> None:
+        values.append((await call(client, "state_increment", session_id="busy", key="n"))["value"])
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tasks:
+            for _ in range(200):
+                tasks.start_soon(bump)
+    assert sorted(values) == list(range(1, 201))  # every call saw its own, distinct result
+    final = await call(client, "state_get", session_id="busy", key="n")
+    assert final["value"] == 200 and final["version"] == 200
