@@ -11,14 +11,25 @@ from pydantic import ValidationError
 
 from session_mcp.server.app import build_server
 from session_mcp.server.settings import Settings
+from session_mcp.tools import ALL_TOOLS
 
 
 def _settings_help() -> str:
     rows = []
     for name, field in Settings.model_fields.items():
-        default = "(computed)" if field.default_factory else repr(field.default)
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
         rows.append(f"  SESSION_MCP_{name.upper():<28} {field.description} [default: {default}]")
-    return "settings (environment variables):\n" + "\n".join(rows)
+    tools = [
+        f"  {spec.name:<16} {' '.join((spec.fn.__doc__ or '').split('.')[0].split())}" for spec in ALL_TOOLS
+    ]
+    return (
+        "settings (environment variables):\n"
+        + "\n".join(rows)
+        + "\n\ntools:\n"
+        + "\n".join(tools)
+        + "\n\nresources: session://{session_id}, session://{session_id}/state, session://{session_id}/history"
+        + "\nprompt: context(session_id, query)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -114,3 +114,12 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     command = re.search(r"<!-- test-command -->\n```sh\n(.+?)\n```", README, re.DOTALL)
     assert command is not None, "README must mark its test command"
     assert command.group(1).strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_help_documents_every_setting_and_tool() -> None:
+    result = run(str(BIN / "session-mcp"), "--help")
+    assert result.returncode == 0, result.stderr
+    for name in Settings.model_fields:
+        assert f"SESSION_MCP_{name.upper()}" in result.stdout
+    for spec in ALL_TOOLS:
+        assert spec.name in result.stdout
