@@ -349,3 +349,23 @@ def test_lru_eviction_keeps_at_most_max_loaded_scopes(rng: np.random.Generator, 
     assert (src.calls - before)["rows_after_0"] == 0  # reloaded from the file saved on eviction
     assert (src.calls - before)["rows_after"] == 0  # and that file already held the unsaved add
     assert list(vs._scopes) == ["d", "a"]
+
+
+def test_scope_cleared_through_another_process_is_emptied_and_its_file_removed(
+    rng: np.random.Generator, tmp_path: Path
+) -> None:
+    src = DictSource()
+    vecs = unit(rng, 80)
+    keys = fill(src, "s", vecs)
+    one = ScopedVectors(dim=DIM, source=src, directory=tmp_path, exact_below=60)
+    two = ScopedVectors(dim=DIM, source=src, directory=tmp_path, exact_below=60)
+    assert top_key(one, "s", vecs[3]) == keys[3]
+    assert top_key(two, "s", vecs[3]) == keys[3]
+    src.delete("s", keys)  # process one clears the scope
+    one.drop("s")
+    assert two.search("s", vecs[3], 10) == []  # process two was not told
+    assert index_files(tmp_path) == []
+    v = unit(rng, 1)[0]
+    seq = src.insert("s", v)
+    assert top_key(two, "s", v) == seq
+    assert top_key(one, "s", v) == seq
