@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import JsonValue
-from sqlalchemy import Connection, delete, func, select, text
+from sqlalchemy import Connection, case, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database
@@ -28,10 +29,11 @@ from session_mcp.models.schemas import (
     MemoryType,
 )
 from session_mcp.models.sessions import Sessions, encode_json
-from session_mcp.models.tables import MemoryRow, SessionRow
+from session_mcp.models.tables import MemoryRow, MemoryScopeRow, SessionRow
 from session_mcp.models.vectors import ScopedVectors
 
 _M = MemoryRow.__table__  # type: ignore[attr-defined]
+_C = MemoryScopeRow.__table__  # type: ignore[attr-defined]
 SearchType = Literal["short", "long", "all"]
 
 
@@ -54,6 +56,20 @@ def clean_text(raw: str, max_chars: int, what: str = "text") -> str:
     return cleaned
 
 
+def count_rows(db: Database, conn: Connection, scope: str, delta: int, seq: int = 0) -> None:
+    """Keep memory_scopes in step with the rows, inside the caller's transaction."""
+    insert = sqlite.insert(_C) if db.is_sqlite else postgresql.insert(_C)
+    conn.execute(
+        insert.values(scope=scope, row_count=max(delta, 0), max_seq=seq).on_conflict_do_update(
+            index_elements=[_C.c.scope],
+            set_={
+                "row_count": _C.c.row_count + delta,
+                "max_seq": case((_C.c.max_seq < seq, seq), else_=_C.c.max_seq),
+            },
+        )
+    )
+
+
 class MemorySource:
     """The memories table as the vector caches see it."""
 
@@ -62,8 +78,8 @@ class MemorySource:
 
     def stats(self, scope: str) -> tuple[int, int]:
         with self.db.read() as conn:
-            row = conn.execute(select(func.max(_M.c.seq), func.count()).where(_M.c.scope == scope)).one()
-        return int(row[0] or 0), int(row[1])
+            row = conn.execute(select(_C.c.max_seq, _C.c.row_count).where(_C.c.scope == scope)).first()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def rows_after(self, scope: str, after_seq: int) -> Iterable[tuple[int, bytes]]:
         with self.db.read() as conn:
@@ -114,15 +130,12 @@ class Memory:
         with self.db.write() as conn:
             session = self.sessions.writable(conn, session_id, owner)
             scope = scope_of(memory_type, session)
-            existing = conn.execute(
-                select(_M.c.memory_id).where(_M.c.scope == scope, _M.c.text_hash == digest)
-            ).first()
-            if existing is not None:
-                return MemoryAdded(memory_id=existing[0], memory_type=memory_type, deduplicated=True)
             memory_id = uuid.uuid4().hex
+            insert = sqlite.insert(_M) if self.db.is_sqlite else postgresql.insert(_M)
+            # ON CONFLICT, not a look-up first: two sessions of one user adding the same fact at
+            # once must both end with the one memory, never with a unique-constraint error.
             seq = conn.execute(
-                _M.insert()
-                .values(
+                insert.values(
                     memory_id=memory_id,
                     scope=scope,
                     session_id=session.session_id,
@@ -134,8 +147,15 @@ class Memory:
                     created_at=to_db(self.clock.now()),
                     embedding=vector.astype(np.float32).tobytes(),
                 )
+                .on_conflict_do_nothing(index_elements=[_M.c.scope, _M.c.text_hash])
                 .returning(_M.c.seq)
-            ).scalar_one()
+            ).scalar_one_or_none()
+            if seq is None:
+                existing = conn.execute(
+                    select(_M.c.memory_id).where(_M.c.scope == scope, _M.c.text_hash == digest)
+                ).scalar_one()
+                return MemoryAdded(memory_id=existing, memory_type=memory_type, deduplicated=True)
+            count_rows(self.db, conn, scope, 1, int(seq))
         self.vectors.note_added(scope, int(seq), vector)
         return MemoryAdded(memory_id=memory_id, memory_type=memory_type, deduplicated=False)
 
@@ -223,6 +243,7 @@ class Memory:
                     "memory_search returns the ids you can delete"
                 )
             conn.execute(delete(_M).where(_M.c.seq == row[0]))
+            count_rows(self.db, conn, row[1], -1)
         self.vectors.note_removed(row[1], [int(row[0])])
         return MemoryDeleted(memory_id=memory_id, deleted=True)
 
@@ -233,6 +254,7 @@ class Memory:
             session = self.sessions.writable(conn, session_id, owner)
             scopes = scopes_for(memory_type, session)
             deleted = conn.execute(delete(_M).where(_M.c.scope.in_(scopes))).rowcount
+            conn.execute(_C.update().where(_C.c.scope.in_(scopes)).values(row_count=0))
         for scope in scopes:
             self.vectors.drop(scope)
         return Cleared(deleted=deleted)
@@ -241,4 +263,5 @@ class Memory:
         """Delete a session's short-term memory inside the caller's transaction; returns the scope."""
         scope = f"short:{session_id}"
         conn.execute(delete(_M).where(_M.c.scope == scope))
+        conn.execute(_C.update().where(_C.c.scope == scope).values(row_count=0))
         return scope

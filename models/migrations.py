@@ -53,10 +53,19 @@ def _history_index(conn: Connection, dialect: str) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_messages_session_agent ON messages (session_id, agent, position)")
 
 
+def _memory_scope_counts(conn: Connection, dialect: str) -> None:
+    SQLModel.metadata.create_all(conn, tables=[tables.MemoryScopeRow.__table__])  # type: ignore[attr-defined]
+    conn.exec_driver_sql(
+        "INSERT INTO memory_scopes (scope, row_count, max_seq) "
+        "SELECT scope, COUNT(*), MAX(seq) FROM memories GROUP BY scope"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("create tables", _create_tables),
     ("memory keyword index", _memory_keyword_index),
     ("history agent index", _history_index),
+    ("memory scope counts", _memory_scope_counts),
 ]
 
 

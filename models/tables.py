@@ -63,6 +63,17 @@ class MemoryRow(SQLModel, table=True):
     embedding: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class MemoryScopeRow(SQLModel, table=True):
+    """Per-scope row count and highest seq, kept in each write's transaction, so the vector caches
+    learn whether anything changed from one primary-key read instead of a COUNT over the scope."""
+
+    __tablename__ = "memory_scopes"
+
+    scope: str = Field(primary_key=True, max_length=200)
+    row_count: int = Field(default=0)
+    max_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
 class MessageRow(SQLModel, table=True):
     """One conversation message; `position` orders a session's history."""
 

@@ -129,3 +129,23 @@ def test_replacing_the_newest_memory_never_serves_the_old_vector(layer: SessionL
         h.text != "Quarterly revenue grew by twelve percent"
         for h in layer.memory.search(alice, "revenue").results
     )
+
+
+def test_same_fact_added_at_once_from_two_sessions_is_stored_once(layer: SessionLayer, alice: str) -> None:
+    import threading
+
+    layer.sessions.create("alice-2", "alice")
+    results = []
+    barrier = threading.Barrier(8)
+
+    def add(session_id: str) -> None:
+        barrier.wait()
+        results.append(layer.memory.add(session_id, "Alice's birthday is on 3 March"))
+
+    threads = [threading.Thread(target=add, args=(sid,)) for sid in [alice, "alice-2"] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.memory_id for r in results}) == 1
+    assert sum(not r.deduplicated for r in results) == 1
