@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
@@ -31,26 +31,46 @@ session-mcp keeps durable sessions for you.
 Errors start with a code (session_not_found, session_expired, conflict, ...) and say what to do next."""
 
 
-def build_server(
+@asynccontextmanager
+async def running_layer(
     settings: Settings, *, clock: Clock | None = None, embedder: Embedder | None = None
+) -> AsyncIterator[SessionLayer]:
+    """The session layer with its sweeper (and the model warming) running; closed on the way out."""
+    layer = await anyio.to_thread.run_sync(
+        lambda: SessionLayer(settings.layer_config(), clock=clock, embedder=embedder)
+    )
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_sweep_forever, layer, settings.sweeper_interval_seconds)
+            if settings.warm_model and not layer.embedder.loaded:
+                # The handshake never waits for the model; the first search usually won't either.
+                tasks.start_soon(_warm, layer)
+            yield layer
+            tasks.cancel_scope.cancel()
+    finally:
+        await anyio.to_thread.run_sync(layer.close)
+
+
+def build_server(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    embedder: Embedder | None = None,
+    shared_layer: Callable[[], SessionLayer] | None = None,
 ) -> MCPServer[SessionLayer]:
-    """Build the server. Tests pass a clock and a shared embedder; production passes neither."""
+    """Build the server. Tests pass a clock and a shared embedder; production passes neither.
+
+    Without `shared_layer` each run of the server (stdio, the in-memory client) builds and closes
+    its own layer. The HTTP app passes one: it runs a single layer for the whole process, because
+    the SSE transport enters the server's lifespan once per connection."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[SessionLayer]) -> AsyncIterator[SessionLayer]:
-        layer = await anyio.to_thread.run_sync(
-            lambda: SessionLayer(settings.layer_config(), clock=clock, embedder=embedder)
-        )
-        try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_sweep_forever, layer, settings.sweeper_interval_seconds)
-                if settings.warm_model and not layer.embedder.loaded:
-                    # The handshake never waits for the model; the first search usually won't either.
-                    tasks.start_soon(_warm, layer)
-                yield layer
-                tasks.cancel_scope.cancel()
-        finally:
-            await anyio.to_thread.run_sync(layer.close)
+        if shared_layer is not None:
+            yield shared_layer()
+            return
+        async with running_layer(settings, clock=clock, embedder=embedder) as layer:
+            yield layer
 
     server: MCPServer[SessionLayer] = MCPServer(
         "session-mcp",
@@ -75,7 +95,9 @@ def build_server(
 async def _sweep_forever(layer: SessionLayer, interval: float) -> None:
     while True:
         try:
-            await anyio.to_thread.run_sync(layer.sweeper.sweep, abandon_on_cancel=True)
+            # Not abandoned on cancel: shutdown waits for a sweep in progress, so its transaction
+            # ends and its connection returns before the layer closes the pool.
+            await anyio.to_thread.run_sync(layer.sweeper.sweep)
         except Exception:
             log.exception("sweep failed; will try again")
         await anyio.sleep(interval)
