@@ -1,65 +1,77 @@
-"""Per-scope vector caches derived from the SQL database; the only module that imports usearch.
+"""Per-scope vector caches derived from the SQL database: what is searched how, kept up to date.
 
 The database is the source of truth (DESIGN invariant 1); everything here is a cache that may be
 deleted at any time. Each scope (a user's long-term memory, a session's short-term memory, a
-knowledge owner) has its own store, because usearch's search takes no filter: small scopes are
-an exact float32 matrix, scopes of `exact_below` vectors or more are a USearch HNSW index.
+knowledge owner) has its own cache, because usearch's search takes no filter.
+
+Every loaded scope is an exact float32 matrix (L2-normalised rows, einsum brute force: ~9 ms at
+100k x 384), so a scope is always searchable exactly, from its first search on. A scope of
+`exact_below` vectors or more also gets a USearch HNSW index as an accelerator, never inside a
+request: one daemon worker thread per instance (one per process in the server; started when
+work is queued, gone when idle, stopped by `close()`, awaited by `wait_idle()`) loads it from its
+file or builds it (single-threaded adds: multi-threaded ones leave unreachable nodes), scopes
+queued one after another, while searches keep using the matrix. The
+worker fills its private index in chunks, copying rows out of the matrix under the scope lock and
+adding them outside it; once the key sets differ by at most `_SMALL`, it applies the rest and
+switches the scope to HNSW atomically under the lock. Adds and removes made during the build are
+replayed by that key-set diff, which needs no journal because a seq names one vector forever.
+Once live, the index gets every change the matrix gets; a catch-up of more than `_SMALL` rows
+parks it and lets the worker bring it up to date instead. A scope shrinking below half the
+threshold drops its index (no flapping). The matrix is kept beside the index (the fallback, and
+the truth replays are read from), so vector memory is about twice the raw vectors; nothing else
+holds a full copy: rows are read in batches into a preallocated matrix, files are streamed.
+The stores themselves are models/vectorstores.py (the only module importing usearch).
 
 Catch-up, per search: one `stats` call. New rows past the watermark are fetched; if the key
 count still disagrees with the row count (deletes, or PostgreSQL commits that landed out of seq
 order), the key sets are reconciled with `all_keys`. Equal counts can hide a missed row plus a
 foreign delete, so a full reconcile also runs every `verify_every` seconds per scope. Seqs must
-never be reused (SQLite AUTOINCREMENT, a PostgreSQL sequence): a key names one vector forever.
+never be reused (SQLite AUTOINCREMENT, a PostgreSQL sequence).
 
-Persistence (HNSW scopes only; exact ones rebuild from SQL in milliseconds) is one file per
-scope, `<sha256(scope)[:32]>.usearch`, laid out as
-
-    b"SMCPVEC1" | u32 big-endian header length | sha256(header) | header JSON | usearch bytes
-
-with header {format, scope, watermark, count, dim, sha256 of the usearch bytes}. One file means
-one atomic `os.replace` (temp file in the same directory, fsync, replace, fsync directory), so
-index and metadata can never disagree. usearch loads a file with a flipped byte silently, so both
-checksums are verified on load; any bad file is logged and rebuilt, never raised.
+Persistence (HNSW only; the matrix is re-read from SQL): models/vectorfile.py's checksummed file
+per scope. The worker writes it after a build and after every `save_every` changes, taking the
+index offline meanwhile (searches use the matrix, changes are replayed by the diff); `flush()`,
+eviction and `close()` write dirty live indexes. A bad file is logged and rebuilt, never raised.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import atexit
+import collections
 import itertools
-import json
 import logging
 import math
-import os
-import struct
-import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from usearch.index import Index
 
+from session_mcp.models import vectorfile
 from session_mcp.models.errors import EngineError
+from session_mcp.models.vectorstores import ExactStore, HnswStore, Keys, Vecs
 
 log = logging.getLogger("session_mcp.vectors")
+_instances: weakref.WeakSet[ScopedVectors] = weakref.WeakSet()
 
-_MAGIC = b"SMCPVEC1"
-_FORMAT = 1
-# Tuned on 384-d data (bench/vector_search.py): recall@10 >= 0.99 on embedding-like vectors at
-# 100k, and on uniformly random vectors up to a few thousand (random 384-d is the worst case).
-_CONNECTIVITY = 32
-_EXPANSION_ADD = 128
-_EXPANSION_SEARCH = 256
-_BATCH = 4096
-_STALE_TEMP_S = 3600.0
 
-Keys = NDArray[np.int64]
-Vecs = NDArray[np.float32]
+@atexit.register
+def _stop_workers() -> None:
+    """A worker still inside usearch when the interpreter finalises aborts the process."""
+    for vs in list(_instances):
+        vs._stop()
+
+
+_BATCH = 4096  # rows read from the source per step
+_CHUNK = 256  # rows the worker adds per step: ~0.5 s at 100k, so close() waits at most that
+_SMALL = 64  # a key-set difference applied under the scope lock; larger ones go to the worker
+_MAX_ROUNDS = 8  # then the remaining difference is applied under the lock, whatever its size
+_JOIN_S = 30.0
 
 
 class VectorSource(Protocol):
@@ -72,121 +84,22 @@ class VectorSource(Protocol):
     def all_keys(self, scope: str) -> Sequence[int]: ...
 
 
-class _Exact:
-    """Brute force: L2-normalised rows in a growable matrix; removal swaps in the last row."""
-
-    def __init__(self, dim: int) -> None:
-        self.mat: Vecs = np.empty((0, dim), np.float32)
-        self.keys: Keys = np.empty(0, np.int64)
-        self.pos: dict[int, int] = {}
-        self.n = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def contains(self, keys: Keys) -> NDArray[np.bool_]:
-        return np.fromiter((int(k) in self.pos for k in keys), bool, len(keys))
-
-    def add(self, keys: Keys, vecs: Vecs) -> None:
-        need = self.n + len(keys)
-        if need > len(self.keys):  # grow geometrically so a stream of single adds stays O(1) each
-            cap = max(need, 2 * len(self.keys), 64)
-            mat = np.empty((cap, self.mat.shape[1]), np.float32)
-            mat[: self.n] = self.mat[: self.n]
-            ks = np.empty(cap, np.int64)
-            ks[: self.n] = self.keys[: self.n]
-            self.mat, self.keys = mat, ks
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        self.mat[self.n : need] = vecs / np.where(norms > 0, norms, 1)
-        self.keys[self.n : need] = keys
-        for i, k in enumerate(keys.tolist(), self.n):
-            self.pos[k] = i
-        self.n = need
-
-    def remove(self, keys: Keys) -> int:
-        removed = 0
-        for k in keys.tolist():
-            i = self.pos.pop(k, None)
-            if i is None:
-                continue
-            last = self.n - 1
-            if i != last:
-                self.mat[i] = self.mat[last]
-                self.keys[i] = self.keys[last]
-                self.pos[int(self.keys[i])] = i
-            self.n = last
-            removed += 1
-        return removed
-
-    def key_array(self) -> Keys:
-        return self.keys[: self.n].copy()
-
-    def search(self, q: Vecs, k: int) -> list[tuple[int, float]]:
-        if self.n == 0:
-            return []
-        norm = float(np.linalg.norm(q))
-        # einsum's single-threaded loop, not `@`: OpenBLAS's threaded gemv measured 5-20x slower
-        # at p50 on a busy 2-vCPU box, and search already runs on many worker threads.
-        sims = np.einsum("ij,j->i", self.mat[: self.n], q / norm if norm > 0 else q)
-        k = min(k, self.n)
-        idx = np.argpartition(sims, self.n - k)[self.n - k :] if k < self.n else np.arange(self.n)
-        idx = idx[np.argsort(-sims[idx], kind="stable")]
-        return [(int(self.keys[i]), float(sims[i])) for i in idx]
-
-
-class _Hnsw:
-    """USearch HNSW, cosine metric, f32 storage so a stored vector's nearest neighbour is itself."""
-
-    def __init__(self, dim: int, buffer: memoryview | None = None) -> None:
-        self.index = Index(
-            ndim=dim,
-            metric="cos",
-            dtype="f32",
-            connectivity=_CONNECTIVITY,
-            expansion_add=_EXPANSION_ADD,
-            expansion_search=_EXPANSION_SEARCH,
-        )
-        if buffer is not None:
-            self.index.load(buffer)  # keeps this object's expansion_search
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def contains(self, keys: Keys) -> NDArray[np.bool_]:
-        return np.asarray(self.index.contains(keys.astype(np.uint64)), dtype=bool).reshape(-1)
-
-    def add(self, keys: Keys, vecs: Vecs) -> None:
-        if len(keys):
-            # Multi-threaded inserts in usearch 2.26 leave ~0.1-0.4% of nodes unreachable, even
-            # from their own vector (measured); one thread keeps self-queries exact (R7).
-            self.index.add(keys.astype(np.uint64), vecs, threads=1)
-
-    def remove(self, keys: Keys) -> int:
-        keys = keys[self.contains(keys)]
-        if len(keys):
-            self.index.remove(keys.astype(np.uint64))
-        return len(keys)
-
-    def key_array(self) -> Keys:
-        return cast(Keys, np.asarray(self.index.keys[:], dtype=np.int64))
-
-    def search(self, q: Vecs, k: int) -> list[tuple[int, float]]:
-        if len(self.index) == 0:
-            return []
-        m = self.index.search(q, k)
-        return [(int(key), 1.0 - float(d)) for key, d in zip(m.keys, m.distances, strict=True)]
-
-
 class _Scope:
     """One scope's cache; `lock` guards every field."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.lock = threading.Lock()
-        self.store: _Exact | _Hnsw | None = None
+        self.exact: ExactStore | None = None  # None until the first catch-up
+        self.hnsw: HnswStore | None = None  # live accelerator, in step with `exact`
+        self.parked: HnswStore | None = None  # offline index the worker is to bring up to date
         self.watermark = 0
-        self.unsaved = 0  # changes since the file was last written
+        self.max_seq = 0  # from the last `stats` call
+        self.changes = 0  # changes to `exact` so far
+        self.saved: int | None = None  # the `changes` value the scope's file reflects
         self.checked_at = -math.inf  # monotonic time of the last full reconcile
+        self.queued = False
+        self.gone = False  # evicted or dropped: a new _Scope serves the name
         self.dropped = False
 
 
@@ -213,17 +126,28 @@ class ScopedVectors:
         self._verify_every = verify_every
         self._lock = threading.Lock()  # guards _scopes only; never held while talking to the source
         self._scopes: OrderedDict[str, _Scope] = OrderedDict()
+        self._cv = threading.Condition()  # guards the worker fields below; taken after a scope lock
+        self._jobs: collections.deque[_Scope] = collections.deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-            self._sweep_temp_files(directory)
+            vectorfile.sweep_temp_files(directory)
+        _instances.add(self)
+
+    # --- the interface -------------------------------------------------------------------------
 
     def search(self, scope: str, query: NDArray[np.float32], k: int) -> list[tuple[int, float]]:
         q = self._vector(query)
-        s = self._get(scope)
-        with s.lock:
-            self._catch_up(s)
-            assert s.store is not None
-            return s.store.search(q, k) if k > 0 else []
+        while True:
+            s = self._get(scope)
+            with s.lock:
+                if s.gone:  # evicted between lookup and lock: serve from its successor
+                    continue
+                self._catch_up(s)
+                store = s.hnsw if s.hnsw is not None else s.exact
+                assert store is not None
+                return store.search(q, k) if k > 0 else []
 
     def note_added(self, scope: str, seq: int, vector: NDArray[np.float32]) -> None:
         v = self._vector(vector)
@@ -231,54 +155,80 @@ class ScopedVectors:
         if s is None:
             return
         with s.lock:
-            if s.store is None or s.dropped:
+            if s.exact is None or s.gone:
                 return
             keys = np.array([seq], np.int64)
-            if not s.store.contains(keys)[0]:
-                s.store.add(keys, v[None, :])
-                s.unsaved += 1
+            if seq not in s.exact.pos:
+                self._add(s, keys, v[None, :])
             # Rows committed by others below `seq` and not yet seen make the counts disagree,
             # so the next search reconciles them.
             s.watermark = max(s.watermark, seq)
-            self._maybe_save(s)
+            self._fit(s)
 
     def note_removed(self, scope: str, seqs: Sequence[int]) -> None:
         s = self._loaded(scope)
         if s is None or not seqs:
             return
         with s.lock:
-            if s.store is None or s.dropped:
+            if s.exact is None or s.gone:
                 return
-            s.unsaved += s.store.remove(np.asarray(seqs, np.int64))
-            self._maybe_save(s)
+            self._remove(s, np.asarray(seqs, np.int64))
+            self._fit(s)
 
     def drop(self, scope: str) -> None:
         with self._lock:
             s = self._scopes.pop(scope, None)
         if s is not None:
             with s.lock:
-                s.dropped, s.store = True, None
-        if self._dir is not None:
-            try:
-                self._path(scope).unlink(missing_ok=True)
-            except OSError as e:
-                log.warning("could not delete the vector index file of a dropped scope: %s", e)
+                self._release(s, dropped=True)
+        self._unlink(scope)
 
     def flush(self) -> None:
+        """Write every dirty live index now, in this thread; evicted ones waiting for the worker too."""
+        with self._cv:
+            evicted = [s for s in self._jobs if s.gone]
         with self._lock:
-            scopes = list(self._scopes.values())
+            scopes = evicted + list(self._scopes.values())
         for s in scopes:
             with s.lock:
                 self._save(s)
 
     def close(self) -> None:
+        """Stop the worker (an unfinished build is abandoned), then flush and unload everything."""
+        self._stop()
         self.flush()
+        with self._cv:
+            self._jobs.clear()
         with self._lock:
             scopes = list(self._scopes.values())
             self._scopes.clear()
         for s in scopes:
             with s.lock:
-                s.store = None
+                self._release(s, dropped=False)
+
+    def _stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            thread = self._thread
+        if thread is not None:
+            thread.join(_JOIN_S)
+            if thread.is_alive():
+                log.warning("the vector index worker did not stop within %.0f s", _JOIN_S)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has nothing queued or running; False on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._thread is None, timeout)
+
+    def mode(self, scope: str) -> str:
+        """ "hnsw" if the scope is served by its index now, "exact" if by its matrix, else "unloaded"."""
+        s = self._loaded(scope)
+        if s is None:
+            return "unloaded"
+        with s.lock:
+            return "hnsw" if s.hnsw is not None else "exact" if s.exact is not None else "unloaded"
+
+    # --- the request path (scope lock held) ----------------------------------------------------
 
     def _get(self, name: str) -> _Scope:
         with self._lock:
@@ -289,10 +239,13 @@ class ScopedVectors:
             evicted = []
             while len(self._scopes) > self._max_loaded:
                 evicted.append(self._scopes.popitem(last=False)[1])
-        for old in evicted:  # saved outside the registry lock: a save can take a while
+        for old in evicted:
             with old.lock:
-                self._save(old)
-                old.store = None
+                old.exact, old.parked, old.gone = None, None, True
+                if old.hnsw is not None and old.saved != old.changes:
+                    self._enqueue(old)  # the worker saves it, then lets it go
+                else:
+                    old.hnsw = None
         return s
 
     def _loaded(self, name: str) -> _Scope | None:
@@ -301,28 +254,21 @@ class ScopedVectors:
 
     def _catch_up(self, s: _Scope) -> None:
         max_seq, count = self._source.stats(s.name)
-        if s.store is None and not self._load(s, max_seq):
-            self._rebuild(s, count)
-        if max_seq > s.watermark:
+        s.max_seq = max_seq
+        if s.exact is None:
+            s.exact = ExactStore(self._dim, count)  # preallocated: no copies while it fills
+            s.watermark, s.checked_at = 0, time.monotonic()
+            self._apply(s, self._source.rows_after(s.name, 0))
+        elif max_seq > s.watermark:
             self._apply(s, self._source.rows_after(s.name, s.watermark))
-        assert s.store is not None
         stale = time.monotonic() - s.checked_at >= self._verify_every
-        if len(s.store) != count or max_seq < s.watermark or stale:
+        if len(s.exact) != count or max_seq < s.watermark or stale:
             self._reconcile(s)
-        self._fit_mode(s)
-        self._maybe_save(s)
-
-    def _rebuild(self, s: _Scope, count: int) -> None:
-        s.store = _Hnsw(self._dim) if count >= self._exact_below else _Exact(self._dim)
-        s.watermark = 0
-        self._apply(s, self._source.rows_after(s.name, 0))
-        s.checked_at = time.monotonic()
-        if isinstance(s.store, _Hnsw):
-            s.unsaved = max(s.unsaved, self._save_every)  # a rebuilt HNSW is worth saving now
+        self._fit(s)
 
     def _apply(self, s: _Scope, rows: Iterable[tuple[int, bytes]]) -> None:
         """Add rows not yet cached, in batches; advance the watermark past every row seen."""
-        assert s.store is not None
+        assert s.exact is not None
         width = self._dim * 4
         it = iter(rows)
         while batch := list(itertools.islice(it, _BATCH)):
@@ -333,19 +279,36 @@ class ScopedVectors:
                     "the stored embeddings are damaged, re-add the affected items"
                 )
             vecs = np.frombuffer(b"".join(blob for _, blob in batch), np.float32).reshape(-1, self._dim)
-            new = ~s.store.contains(keys)
+            del batch
+            new = ~s.exact.contains(keys)
             if new.any():
-                s.store.add(keys[new], vecs[new])
-                s.unsaved += int(new.sum())
+                self._add(s, keys[new], vecs[new])
             s.watermark = max(s.watermark, int(keys.max()))
 
+    def _add(self, s: _Scope, keys: Keys, vecs: Vecs) -> None:
+        assert s.exact is not None
+        rows = s.exact.add(keys, vecs)
+        s.changes += len(keys)
+        if s.hnsw is not None:
+            if len(keys) <= _SMALL:
+                s.hnsw.add(keys, rows)
+            else:  # too slow for a request: the worker catches the index up by the key diff
+                s.parked, s.hnsw = s.hnsw, None
+
+    def _remove(self, s: _Scope, keys: Keys) -> None:
+        assert s.exact is not None
+        gone = s.exact.remove(keys)
+        s.changes += len(gone)
+        if s.hnsw is not None:
+            s.hnsw.remove(gone)
+
     def _reconcile(self, s: _Scope) -> None:
-        assert s.store is not None
+        assert s.exact is not None
         live = np.asarray(self._source.all_keys(s.name), np.int64)
-        have = s.store.key_array()
+        have = s.exact.key_array()
         extra = np.setdiff1d(have, live)
         if len(extra):
-            s.unsaved += s.store.remove(extra)
+            self._remove(s, extra)
         missing = np.setdiff1d(live, have)
         if len(missing):
             wanted = set(missing.tolist())
@@ -357,123 +320,155 @@ class ScopedVectors:
         s.checked_at = time.monotonic()
         log.debug("reconciled scope: %d stale keys removed, %d missed rows added", len(extra), len(missing))
 
-    def _fit_mode(self, s: _Scope) -> None:
-        """Switch exact <-> HNSW; going down only at half the threshold so a scope cannot flap."""
-        store = s.store
-        if isinstance(store, _Exact) and len(store) >= self._exact_below:
-            hnsw = _Hnsw(self._dim)
-            hnsw.add(store.key_array(), store.mat[: store.n])
-            s.store, s.unsaved = hnsw, max(len(store), self._save_every)  # saved right away
-        elif isinstance(store, _Hnsw) and len(store) < self._exact_below // 2:
-            self._rebuild(s, 0)  # small by now: re-reading SQL beats reading vectors out of usearch
-            if self._dir is not None:
-                with contextlib.suppress(OSError):
-                    self._path(s.name).unlink(missing_ok=True)
+    def _fit(self, s: _Scope) -> None:
+        """Queue the worker if the scope needs an index, an index catch-up or a save; shrink."""
+        assert s.exact is not None
+        n = len(s.exact)
+        if n >= self._exact_below:
+            dirty = s.saved is None or s.changes - s.saved >= self._save_every
+            if s.hnsw is None or (dirty and self._dir is not None):
+                self._enqueue(s)
+        elif n < self._exact_below // 2 and (s.hnsw is not None or s.parked is not None):
+            s.hnsw = s.parked = None  # small again: the matrix alone serves it
+            s.saved = None
+            self._unlink(s.name)
 
-    def _path(self, name: str) -> Path:
-        assert self._dir is not None
-        return self._dir / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.usearch"
+    def _release(self, s: _Scope, *, dropped: bool) -> None:
+        s.exact = s.hnsw = s.parked = None
+        s.gone, s.dropped = True, dropped
 
-    def _maybe_save(self, s: _Scope) -> None:
-        if s.unsaved >= self._save_every:
-            self._save(s)
+    # --- the worker thread ---------------------------------------------------------------------
+
+    def _enqueue(self, s: _Scope) -> None:
+        """Queue the scope for the worker (scope lock held), starting the worker if need be."""
+        if s.queued:
+            return
+        with self._cv:
+            if self._stopping:
+                return
+            s.queued = True
+            self._jobs.append(s)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="session-mcp-vectors", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        """Work through the queue, then end: an idle instance holds no thread (and can be freed)."""
+        while True:
+            with self._cv:
+                if not self._jobs or self._stopping:
+                    self._thread = None
+                    self._cv.notify_all()
+                    return
+                s = self._jobs.popleft()
+            try:
+                self._tend(s)
+            except Exception:  # a cache that cannot be built is searched exactly; never fatal
+                log.exception("vector index work on a scope failed; it stays on exact search")
+
+    def _tend(self, s: _Scope) -> None:
+        with s.lock:
+            s.queued = False
+            if s.gone:  # evicted with unsaved changes: write them, then let go
+                self._save(s)
+                s.hnsw = None
+                return
+            if s.exact is None or len(s.exact) < self._exact_below // 2:
+                return
+            hnsw = s.hnsw or s.parked
+            if hnsw is None and len(s.exact) < self._exact_below:
+                return
+            dirty = s.saved is None or s.changes - s.saved >= self._save_every
+            if s.hnsw is not None and not (dirty and self._dir is not None):
+                return
+            # Offline: searches use the matrix until it is switched back. Only a live index taken
+            # out for a save is finished when closing; builds and parked catch-ups are abandoned.
+            abandon = s.hnsw is None
+            s.hnsw = s.parked = None
+            max_seq = s.max_seq
+        fresh, loaded = hnsw is None, False
+        if hnsw is None:
+            hnsw = self._read(s, max_seq)
+            loaded = hnsw is not None
+        if hnsw is None:
+            hnsw = HnswStore(self._dim)
+            log.info("building the vector index of a scope in the background")
+        done = self._sync(s, hnsw, switch=False, abandon=abandon)
+        if done is None:
+            return
+        at, applied = done
+        with s.lock:
+            if fresh:  # a loaded file is `applied` changes behind the index
+                s.saved = at - applied if loaded else None
+            write = self._dir is not None and (s.saved is None or at - s.saved >= self._save_every)
+            watermark = s.watermark
+        if write and not (abandon and self._stopping):
+            if self._write(s.name, hnsw, watermark):
+                with s.lock:
+                    s.saved = at
+            if s.dropped:
+                self._unlink(s.name)
+        self._sync(s, hnsw, switch=True, abandon=abandon)
+
+    def _sync(self, s: _Scope, hnsw: HnswStore, *, switch: bool, abandon: bool) -> tuple[int, int] | None:
+        """Bring a private index to the matrix's key set; return (changes it reflects, rows applied).
+
+        Differences over `_SMALL` are applied outside the scope lock, chunk by chunk; with `switch`
+        the scope serves from the index once the rest is applied under the lock. None if the
+        scope went away or, with `abandon`, the instance is closing.
+        """
+        applied = 0
+        for rounds in itertools.count(1):
+            with s.lock:
+                if s.gone or s.exact is None or (abandon and self._stopping):
+                    return None
+                exact = s.exact
+                live, have = exact.key_array(), hnsw.key_array()
+                extra = np.setdiff1d(have, live, assume_unique=True)
+                missing = np.setdiff1d(live, have, assume_unique=True)
+                if len(extra) + len(missing) <= _SMALL or rounds >= _MAX_ROUNDS:
+                    hnsw.remove(extra)
+                    hnsw.add(missing, exact.rows(missing))
+                    if switch:
+                        s.hnsw = hnsw
+                    return s.changes, applied + len(extra) + len(missing)
+            hnsw.remove(extra)  # private: nobody else touches it until it is switched in
+            applied += len(extra)
+            for i in range(0, len(missing), _CHUNK):
+                with s.lock:
+                    if s.gone or s.exact is not exact or (abandon and self._stopping):
+                        return None
+                    keys = missing[i : i + _CHUNK]
+                    keys = keys[exact.contains(keys)]
+                    vecs = exact.rows(keys)
+                hnsw.add(keys, vecs)
+                applied += len(keys)
+        raise AssertionError("unreachable")
+
+    # --- files ---------------------------------------------------------------------------------
 
     def _save(self, s: _Scope) -> None:
-        if self._dir is None or s.dropped or not isinstance(s.store, _Hnsw) or s.unsaved == 0:
-            return
-        path = self._path(s.name)
-        try:
-            body = cast(bytearray, s.store.index.save())
-            meta = {
-                "format": _FORMAT,
-                "scope": s.name,
-                "watermark": s.watermark,
-                "count": len(s.store),
-                "dim": self._dim,
-                "sha256": hashlib.sha256(body).hexdigest(),
-            }
-            header = json.dumps(meta, separators=(",", ":")).encode()
-            prefix = _MAGIC + struct.pack(">I", len(header)) + hashlib.sha256(header).digest()
-            _atomic_write(path, (prefix, header, body))
-            s.unsaved = 0
-        except (OSError, RuntimeError) as e:  # a cache that cannot be saved is rebuilt later
-            log.warning("could not save the vector index of a scope to %s: %s", path, e)
+        """Write the scope's live index if it changed since its file was written (scope lock held)."""
+        if (
+            s.hnsw is not None
+            and s.saved != s.changes
+            and not s.dropped
+            and self._write(s.name, s.hnsw, s.watermark)
+        ):
+            s.saved = s.changes
 
-    def _load(self, s: _Scope, max_seq: int) -> bool:
-        """Load the scope's HNSW file if it is intact and not ahead of the database."""
-        if self._dir is None:
-            return False
-        path = self._path(s.name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return False
-        except OSError as e:
-            log.warning("could not read vector index file %s (%s); rebuilding from the database", path, e)
-            return False
-        try:
-            store, watermark = self._parse(s.name, memoryview(data))
-        except Exception as e:  # any damage means "rebuild"; a bad cache file never reaches the caller
-            log.warning("vector index file %s is unusable (%s); rebuilding from the database", path, e)
-            return False
-        if watermark > max_seq:  # maybe a file that outlived its database: its keys may be reused
-            log.info("vector index file %s is ahead of the database; rebuilding", path)
-            return False
-        s.store, s.watermark, s.unsaved, s.checked_at = store, watermark, 0, -math.inf
-        return True
+    def _write(self, name: str, hnsw: HnswStore, watermark: int) -> bool:
+        return self._dir is not None and vectorfile.save_index(self._dir, name, hnsw, watermark, self._dim)
 
-    def _parse(self, name: str, data: memoryview) -> tuple[_Hnsw, int]:
-        fixed = len(_MAGIC) + 4 + 32
-        if len(data) < fixed or bytes(data[: len(_MAGIC)]) != _MAGIC:
-            raise ValueError("not a session-mcp vector index file")
-        (hlen,) = struct.unpack(">I", data[len(_MAGIC) : len(_MAGIC) + 4])
-        header = bytes(data[fixed : fixed + hlen])
-        if len(header) != hlen or hashlib.sha256(header).digest() != bytes(data[fixed - 32 : fixed]):
-            raise ValueError("header checksum mismatch")
-        meta = json.loads(header)
-        body = data[fixed + hlen :]
-        if meta["format"] != _FORMAT or meta["scope"] != name or meta["dim"] != self._dim:
-            raise ValueError("file belongs to another scope, dimension or format")
-        if hashlib.sha256(body).hexdigest() != meta["sha256"]:
-            raise ValueError("index checksum mismatch")
-        store = _Hnsw(self._dim, body)
-        if len(store) != meta["count"]:
-            raise ValueError("vector count differs from the header")
-        return store, int(meta["watermark"])
+    def _read(self, s: _Scope, max_seq: int) -> HnswStore | None:
+        return None if self._dir is None else vectorfile.load_index(self._dir, s.name, self._dim, max_seq)
 
-    @staticmethod
-    def _sweep_temp_files(directory: Path) -> None:
-        """Remove temp files of saves that died mid-write; young ones may be another process's."""
-        cutoff = time.time() - _STALE_TEMP_S
-        for p in directory.glob("*.usearch.*.tmp"):
-            with contextlib.suppress(OSError):
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
+    def _unlink(self, name: str) -> None:
+        if self._dir is not None:
+            vectorfile.unlink(self._dir, name)
 
     def _vector(self, v: NDArray[np.float32]) -> Vecs:
         a = np.asarray(v, np.float32)
         if a.shape != (self._dim,):
             raise ValueError(f"expected a vector of shape ({self._dim},), got {a.shape}")
         return a
-
-
-def _atomic_write(path: Path, parts: Iterable[bytes | bytearray]) -> None:
-    """Temp file in the same directory, fsync, os.replace, fsync the directory (crash-safe)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if os.name != "nt":  # directories cannot be opened for fsync on Windows
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
