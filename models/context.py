@@ -10,6 +10,7 @@ from sqlalchemy import select
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.history import Histories
+from session_mcp.models.knowledge import Knowledge, scopes_of
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import Memory, clean_text, scope_of
 from session_mcp.models.schemas import ContextItem, ContextResult
@@ -22,6 +23,7 @@ _T = StateRow.__table__  # type: ignore[attr-defined]
 HEADINGS = {
     "long_term_memory": "## What I know about the user (long-term memory)",
     "session_memory": "## Notes from this session (short-term memory)",
+    "knowledge": "## From your documents",
     "session_state": "## Session state",
     "recent_conversation": "## Recent conversation",
 }
@@ -47,7 +49,9 @@ class Contexts:
         histories: Histories,
         embedder: Embedder,
         limits: Limits,
+        knowledge: Knowledge | None = None,
     ) -> None:
+        self.knowledge = knowledge
         self.db = db
         self.sessions = sessions
         self.memory = memory
@@ -67,7 +71,7 @@ class Contexts:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         budget = min(max_tokens, self.limits.context_max_tokens)
         with self.db.read() as conn:
-            session = self.sessions.readable(conn, session_id, owner)
+            session = self.sessions.local(conn, session_id, owner)
             state_rows = list(
                 conn.execute(
                     select(_T).where(_T.c.session_id == session_id).order_by(_T.c.updated_at.desc(), _T.c.key)
@@ -80,6 +84,15 @@ class Contexts:
             for hit in self.memory.search_scopes([scope], cleaned, max_items):
                 item = ContextItem(section=name, source_id=hit.memory_id, text=hit.text, score=hit.score)  # type: ignore[arg-type]
                 sections[name].append(_Candidate(item, f"- {hit.text}"))
+        if self.knowledge is not None and not session.agent_url:
+            for passage in self.knowledge.search_scopes(scopes_of(session), cleaned, max_items):
+                where = f"{passage.title}, p. {passage.page}" if passage.page is not None else passage.title
+                item = ContextItem(
+                    section="knowledge", source_id=passage.chunk_id, text=passage.text, score=passage.score
+                )
+                sections["knowledge"].append(
+                    _Candidate(item, f"- [{where}] {' '.join(passage.text.split())}")
+                )
         words = {w for w in cleaned.lower().split() if len(w) > 2}
         # State keys the query mentions come first, then the most recently changed.
         state_rows.sort(key=lambda r: 0 if any(w in r["key"].lower() for w in words) else 1)

@@ -8,12 +8,21 @@
     ├── OutOfRange                   out_of_range
     ├── NotFound                     (base for missing things)
     │   ├── SessionNotFound          session_not_found
-    │   └── MemoryNotFound           memory_not_found
+    │   ├── MemoryNotFound           memory_not_found
+    │   └── DocumentNotFound         document_not_found
+    ├── PathNotAllowed               path_not_allowed
+    ├── UnsupportedFormat            unsupported_format
+    ├── ParseFailed                  parse_failed (a converter failed, or hit its time/memory limit)
     ├── SessionUnwritable            (base for sessions that refuse writes)
     │   ├── SessionClosed            session_closed
     │   └── SessionExpired           session_expired
     ├── LocalOnly                    local_only
     ├── RemoteOnly                   remote_only
+    ├── UrlNotAllowed                url_not_allowed (the outbound policy refused a URL or a redirect hop)
+    ├── UrlFetchFailed               url_fetch_failed (an allowed URL could not be fetched: unreachable,
+    │                                too slow, too large, or not a 2xx answer)
+    ├── RemoteAgentUnreachable       remote_agent_unreachable (no agent answered at the URL)
+    ├── RemoteAgentError             remote_agent_error (the agent answered badly, too much or too late)
     └── EngineError                  engine_error (the model or an index could not be used)
 
 Messages are written for the model that reads them: what happened, then what to do next.
@@ -77,6 +86,22 @@ class MemoryNotFound(NotFound):
     code = "memory_not_found"
 
 
+class DocumentNotFound(NotFound):
+    code = "document_not_found"
+
+
+class PathNotAllowed(SessionError):
+    code = "path_not_allowed"
+
+
+class UnsupportedFormat(SessionError):
+    code = "unsupported_format"
+
+
+class ParseFailed(SessionError):
+    code = "parse_failed"
+
+
 class SessionUnwritable(SessionError):
     code = "session_unwritable"
 
@@ -109,6 +134,22 @@ class RemoteOnly(SessionError):
     code = "remote_only"
 
 
+class UrlNotAllowed(SessionError):
+    code = "url_not_allowed"
+
+
+class UrlFetchFailed(SessionError):
+    code = "url_fetch_failed"
+
+
+class RemoteAgentUnreachable(SessionError):
+    code = "remote_agent_unreachable"
+
+
+class RemoteAgentError(SessionError):
+    code = "remote_agent_error"
+
+
 class EngineError(SessionError):
     code = "engine_error"
 
@@ -121,10 +162,18 @@ ALL_ERRORS: tuple[type[SessionError], ...] = (
     OutOfRange,
     SessionNotFound,
     MemoryNotFound,
+    DocumentNotFound,
+    PathNotAllowed,
+    UnsupportedFormat,
+    ParseFailed,
     SessionClosed,
     SessionExpired,
     LocalOnly,
     RemoteOnly,
+    UrlNotAllowed,
+    UrlFetchFailed,
+    RemoteAgentUnreachable,
+    RemoteAgentError,
     EngineError,
 )
 """Every concrete error, for the README's error table and its test."""

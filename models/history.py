@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from pydantic import JsonValue
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database
@@ -65,32 +65,45 @@ class Histories:
         calls = (
             None if tool_calls is None else encode_json(tool_calls, "tool_calls", self.limits.max_value_bytes)
         )
-        message_id = uuid.uuid4().hex
         with self.db.write() as conn:
             self.sessions.writable(conn, session_id, owner, local=local)
-            # The counter lives on the session row, so positions are dense and never race.
-            position = (
-                conn.execute(
-                    update(_S)
-                    .where(_S.c.session_id == session_id)
-                    .values(message_count=_S.c.message_count + 1)
-                    .returning(_S.c.message_count)
-                ).scalar_one()
-                - 1
-            )
+            return self.append(conn, session_id, role, content, agent, calls, tool_call_id)
+
+    def append(
+        self,
+        conn: Connection,
+        session_id: str,
+        role: Role,
+        content: str,
+        agent: str | None = None,
+        tool_calls_json: str | None = None,
+        tool_call_id: str | None = None,
+    ) -> MessageAdded:
+        """Append one message in the caller's transaction, after its own checks (`writable` first)."""
+        message_id = uuid.uuid4().hex
+        # The counter lives on the session row, so positions are dense and never race.
+        position = (
             conn.execute(
-                _H.insert().values(
-                    message_id=message_id,
-                    session_id=session_id,
-                    position=position,
-                    agent=agent,
-                    role=role,
-                    content=content,
-                    tool_calls=calls,
-                    tool_call_id=tool_call_id,
-                    created_at=to_db(self.clock.now()),
-                )
+                update(_S)
+                .where(_S.c.session_id == session_id)
+                .values(message_count=_S.c.message_count + 1)
+                .returning(_S.c.message_count)
+            ).scalar_one()
+            - 1
+        )
+        conn.execute(
+            _H.insert().values(
+                message_id=message_id,
+                session_id=session_id,
+                position=position,
+                agent=agent,
+                role=role,
+                content=content,
+                tool_calls=tool_calls_json,
+                tool_call_id=tool_call_id,
+                created_at=to_db(self.clock.now()),
             )
+        )
         return MessageAdded(message_id=message_id, index=position)
 
     def get(

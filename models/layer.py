@@ -11,13 +11,26 @@ from session_mcp.models.context import Contexts
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import DEFAULT_VARIANT, Embedder
 from session_mcp.models.history import Histories
+from session_mcp.models.ingestion import Fetch, KnowledgeConfig, url_fetcher
+from session_mcp.models.knowledge import Knowledge, KnowledgeSource
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import Memory, MemorySource
 from session_mcp.models.migrations import migrate
+from session_mcp.models.outbound import URL_DEFAULT_ALLOW, OutboundPolicy, Resolver, system_resolver
+from session_mcp.models.remote import AgentClient, RemoteChats
 from session_mcp.models.sessions import Sessions
 from session_mcp.models.state import State
 from session_mcp.models.sweeper import Sweeper
 from session_mcp.models.vectors import ScopedVectors
+
+
+def default_url_policy(
+    allow: str = URL_DEFAULT_ALLOW, resolver: Resolver = system_resolver
+) -> OutboundPolicy:
+    """URL ingestion's policy: `public` (every global address) unless the allow list says otherwise."""
+    return OutboundPolicy(
+        allow, resolver=resolver, setting="SESSION_MCP_URL_ALLOW", user_agent="session-mcp (knowledge_add)"
+    )
 
 
 @dataclass(frozen=True)
@@ -31,13 +44,24 @@ class LayerConfig:
     exact_search_below: int = 20_000
     sqlite_synchronous: str = "FULL"
     limits: Limits = field(default_factory=Limits)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    # Remote agents: which hosts session_create(agent_url=...) may reach, and with what credentials.
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    agent_max_response_bytes: int = 1_048_576
+    # URL ingestion: which hosts knowledge_add may fetch; public addresses only unless listed.
+    url_policy: OutboundPolicy = field(default_factory=default_url_policy)
 
 
 class SessionLayer:
     """Built once per process (the server's lifespan, or a test fixture) and closed in reverse order."""
 
     def __init__(
-        self, config: LayerConfig, *, clock: Clock | None = None, embedder: Embedder | None = None
+        self,
+        config: LayerConfig,
+        *,
+        clock: Clock | None = None,
+        embedder: Embedder | None = None,
+        fetch: Fetch | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -58,15 +82,37 @@ class SessionLayer:
             directory=config.data_dir / "indexes" / _database_key(self.db.url),
             exact_below=config.exact_search_below,
         )
-        self.sessions = Sessions(self.db, self.clock, limits)
+        # Chunks get caches of their own: a knowledge scope and a memory scope never share an index.
+        self.knowledge_vectors = ScopedVectors(
+            dim=self.embedder.dim,
+            source=KnowledgeSource(self.db),
+            directory=config.data_dir / "indexes" / _database_key(self.db.url) / "knowledge",
+            exact_below=config.exact_search_below,
+        )
+        self.agents = AgentClient(config.outbound, config.agent_max_response_bytes)
+        self.sessions = Sessions(self.db, self.clock, limits, self.agents)
         self.state = State(self.db, self.sessions, self.clock, limits)
         self.memory = Memory(self.db, self.sessions, self.embedder, self.vectors, self.clock, limits)
         self.history = Histories(self.db, self.sessions, self.clock, limits)
-        self.context = Contexts(self.db, self.sessions, self.memory, self.history, self.embedder, limits)
-        self.sweeper = Sweeper(self.db, self.memory, self.clock, limits)
+        self.remote = RemoteChats(self.db, self.sessions, self.history, self.agents, limits)
+        self.knowledge = Knowledge(
+            self.db,
+            self.sessions,
+            self.embedder,
+            self.knowledge_vectors,
+            self.clock,
+            limits,
+            config.knowledge,
+            fetch or url_fetcher(config.url_policy, config.knowledge.url_timeout_seconds),
+        )
+        self.context = Contexts(
+            self.db, self.sessions, self.memory, self.history, self.embedder, limits, self.knowledge
+        )
+        self.sweeper = Sweeper(self.db, self.memory, self.clock, limits, knowledge=self.knowledge)
 
     def close(self) -> None:
         self.vectors.close()
+        self.knowledge_vectors.close()
         self.db.close()
 
 

@@ -16,3 +16,4 @@ class Limits:
     max_metadata_bytes: int = 16_384
     context_max_tokens: int = 4_000
     max_history_page: int = 1_000
+    agent_timeout_seconds: float = 30.0

@@ -6,7 +6,7 @@ import hashlib
 import json
 import unicodedata
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -81,14 +81,16 @@ class MemorySource:
             row = conn.execute(select(_C.c.max_seq, _C.c.row_count).where(_C.c.scope == scope)).first()
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
-    def rows_after(self, scope: str, after_seq: int) -> Iterable[tuple[int, bytes]]:
+    def rows_after(self, scope: str, after_seq: int) -> Iterator[tuple[int, bytes]]:
+        # Streamed in pages: a rebuild of a 100k-memory scope never holds every vector twice.
         with self.db.read() as conn:
-            rows = conn.execute(
+            rows = conn.execution_options(yield_per=1024).execute(
                 select(_M.c.seq, _M.c.embedding)
                 .where(_M.c.scope == scope, _M.c.seq > after_seq)
                 .order_by(_M.c.seq)
-            ).all()
-        return [(int(seq), bytes(vector)) for seq, vector in rows]
+            )
+            for seq, vector in rows:
+                yield int(seq), bytes(vector)
 
     def all_keys(self, scope: str) -> Sequence[int]:
         with self.db.read() as conn:
@@ -170,7 +172,7 @@ class Memory:
     ) -> MemoryResults:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         with self.db.read() as conn:
-            session = self.sessions.readable(conn, session_id, owner)
+            session = self.sessions.local(conn, session_id, owner)
         return MemoryResults(results=self.search_scopes(scopes_for(memory_type, session), cleaned, limit))
 
     def search_scopes(self, scopes: list[str], query: str, limit: int) -> list[MemoryHit]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlmodel import SQLModel
 
 from session_mcp.models import tables
@@ -61,11 +61,45 @@ def _memory_scope_counts(conn: Connection, dialect: str) -> None:
     )
 
 
+def _knowledge_tables(conn: Connection, dialect: str) -> None:
+    SQLModel.metadata.create_all(
+        conn,
+        tables=[tables.DocumentRow.__table__, tables.ChunkRow.__table__],  # type: ignore[attr-defined]
+    )
+    if dialect == "sqlite":
+        conn.exec_driver_sql(
+            "CREATE VIRTUAL TABLE chunks_fts USING fts5("
+            "text, content='chunks', content_rowid='seq', tokenize='porter unicode61')"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN "
+            "INSERT INTO chunks_fts(rowid, text) VALUES (new.seq, new.text); END"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN "
+            "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.seq, old.text); END"
+        )
+    else:
+        conn.exec_driver_sql(
+            "ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED"
+        )
+        conn.exec_driver_sql("CREATE INDEX ix_chunks_tsv ON chunks USING GIN (tsv)")
+
+
+def _session_timeouts(conn: Connection, dialect: str) -> None:
+    """Remote-agent sessions keep their own HTTP timeout. A fresh database already has the column
+    (the first migration creates tables from the current models), so it is added only where missing."""
+    if "timeout_seconds" not in {c["name"] for c in inspect(conn).get_columns("sessions")}:
+        conn.exec_driver_sql("ALTER TABLE sessions ADD COLUMN timeout_seconds DOUBLE PRECISION")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("create tables", _create_tables),
     ("memory keyword index", _memory_keyword_index),
     ("history agent index", _history_index),
     ("memory scope counts", _memory_scope_counts),
+    ("knowledge tables", _knowledge_tables),
+    ("session timeouts", _session_timeouts),
 ]
 
 

@@ -7,7 +7,7 @@ import json
 import re
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import JsonValue
 from sqlalchemy import Connection, and_, insert, or_, select, update
@@ -20,6 +20,7 @@ from session_mcp.models.errors import (
     InvalidArgument,
     LimitExceeded,
     LocalOnly,
+    RemoteOnly,
     SessionClosed,
     SessionExpired,
     SessionNotFound,
@@ -29,6 +30,7 @@ from session_mcp.models.schemas import SessionInfo, SessionPage, SessionStatus
 from session_mcp.models.tables import SessionRow
 
 DEFAULT_USER = "default_user"
+MAX_AGENT_TIMEOUT_SECONDS = 600.0
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _S = SessionRow.__table__  # type: ignore[attr-defined]
 
@@ -55,11 +57,32 @@ def encode_json(value: Any, what: str, max_bytes: int) -> str:
     return encoded
 
 
+def local_only(session_id: str, agent_url: str) -> LocalOnly:
+    return LocalOnly(
+        f"session '{session_id}' talks to a remote agent at {agent_url}; state, memory and knowledge "
+        "live on the agent's side, so run this on the agent's side (session_chat talks to it)"
+    )
+
+
+class AgentProbe(Protocol):
+    """What session creation needs of the remote-agent client (models.remote.AgentClient)."""
+
+    def normalize(self, agent_url: str) -> str:
+        """The URL to store (`http://` added when no scheme is given), checked against the outbound
+        policy without connecting; raises UrlNotAllowed or InvalidArgument."""
+        ...
+
+    def probe(self, agent_url: str, timeout: float) -> None:
+        """Raise RemoteAgentUnreachable unless an agent answers at `agent_url`."""
+        ...
+
+
 class Sessions:
-    def __init__(self, db: Database, clock: Clock, limits: Limits) -> None:
+    def __init__(self, db: Database, clock: Clock, limits: Limits, agents: AgentProbe | None = None) -> None:
         self.db = db
         self.clock = clock
         self.limits = limits
+        self.agents = agents
 
     # -- guards used by every service -------------------------------------------------------------
 
@@ -97,9 +120,24 @@ class Sessions:
             raise SessionExpired(session_id, iso(from_db(row.expires_at)))
         session = SessionRow.model_validate(dict(touched))
         if local and session.agent_url:
-            raise LocalOnly(
-                f"session '{session_id}' talks to a remote agent at {session.agent_url}; state, memory "
-                "and knowledge live on the agent's side, so run this there (session_chat talks to it)"
+            raise local_only(session_id, session.agent_url)
+        return session
+
+    def local(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRow:
+        """`readable`, for reads of what a remote session keeps on the agent's side (state, memory,
+        knowledge, context): those refuse with local_only, as the seed library does."""
+        session = self.readable(conn, session_id, owner)
+        if session.agent_url:
+            raise local_only(session_id, session.agent_url)
+        return session
+
+    def remote(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRow:
+        """`readable`, for session_chat: a local session refuses with remote_only."""
+        session = self.readable(conn, session_id, owner)
+        if not session.agent_url:
+            raise RemoteOnly(
+                f"session '{session_id}' is local, with no remote agent to chat with; create a session "
+                "with agent_url=... (the agent's URL) to use session_chat, or answer yourself here"
             )
         return session
 
@@ -111,9 +149,13 @@ class Sessions:
         user_id: str | None = None,
         ttl_seconds: float | None = None,
         metadata: dict[str, JsonValue] | None = None,
+        agent_url: str | None = None,
+        timeout: float | None = None,
         *,
         owner: str | None = None,
     ) -> SessionInfo:
+        """Create a session, or resume an existing one of this user. With `agent_url` the session
+        talks to a remote agent: the URL is checked and the agent probed before anything is stored."""
         user = check_id(owner or user_id or DEFAULT_USER, "user_id")
         if owner is not None and user_id is not None and user_id != owner:
             raise InvalidArgument("user_id must be your own user when the server authenticates you; omit it")
@@ -130,23 +172,51 @@ class Sessions:
                     f"{self.limits.max_ttl_seconds}; ask for a shorter TTL"
                 )
         meta = encode_json(metadata or {}, "metadata", self.limits.max_metadata_bytes)
+        remote = self._remote(agent_url, timeout)
         if session_id is not None:
             check_id(session_id, "session_id")
-            return self._create_or_resume(session_id, user, ttl_seconds, meta)
+            return self._create_or_resume(session_id, user, ttl_seconds, meta, remote)
+        self._probe(remote)
         for _ in range(8):
             candidate = uuid.uuid4().hex[:8]
             try:
-                return self._insert(candidate, user, ttl_seconds, meta)
+                return self._insert(candidate, user, ttl_seconds, meta, remote)
             except IntegrityError:
                 continue  # a collision on 32 random bits: draw again
         raise Conflict("could not allocate a fresh session id; pass your own session_id")
 
-    def _create_or_resume(self, session_id: str, user: str, ttl: float | None, meta: str) -> SessionInfo:
+    def _remote(self, agent_url: str | None, timeout: float | None) -> tuple[str, float] | None:
+        """The checked agent URL and timeout to store, or None for a local session. Connects to nothing."""
+        if agent_url is None:
+            if timeout is not None:
+                raise InvalidArgument(
+                    "timeout applies to remote-agent sessions only; pass agent_url as well, or omit timeout"
+                )
+            return None
+        if self.agents is None:
+            raise InvalidArgument("this server is not set up for remote agents; omit agent_url")
+        if timeout is None:
+            timeout = self.limits.agent_timeout_seconds
+        if not 0 < timeout <= MAX_AGENT_TIMEOUT_SECONDS:
+            raise InvalidArgument(
+                f"timeout={timeout} is out of range; use seconds above 0 and at most {MAX_AGENT_TIMEOUT_SECONDS:g}"
+            )
+        return self.agents.normalize(agent_url), float(timeout)
+
+    def _probe(self, remote: tuple[str, float] | None) -> None:
+        if remote is not None:
+            assert self.agents is not None
+            self.agents.probe(*remote)
+
+    def _create_or_resume(
+        self, session_id: str, user: str, ttl: float | None, meta: str, remote: tuple[str, float] | None
+    ) -> SessionInfo:
         with self.db.read() as conn:
             existing = conn.execute(select(_S).where(_S.c.session_id == session_id)).mappings().first()
         if existing is None:
+            self._probe(remote)  # before anything is stored: an unreachable agent leaves no session
             try:
-                return self._insert(session_id, user, ttl, meta)
+                return self._insert(session_id, user, ttl, meta, remote)
             except IntegrityError:
                 with self.db.read() as conn:
                     existing = (
@@ -157,9 +227,22 @@ class Sessions:
         if row.user_id != user:
             # Say nothing about who holds it.
             raise Conflict(f"session id '{session_id}' cannot be used; choose another id or omit session_id")
+        if remote is not None and row.agent_url != remote[0]:
+            where = f"the agent at {row.agent_url}" if row.agent_url else "no remote agent (it is local)"
+            raise Conflict(
+                f"session '{session_id}' already exists with {where}; omit agent_url to resume it, "
+                "or choose another session_id for this agent"
+            )
         return self.info(row, resumed=True)
 
-    def _insert(self, session_id: str, user: str, ttl: float | None, meta: str) -> SessionInfo:
+    def _insert(
+        self,
+        session_id: str,
+        user: str,
+        ttl: float | None,
+        meta: str,
+        remote: tuple[str, float] | None = None,
+    ) -> SessionInfo:
         now = self.clock.now()
         expires = None if ttl is None else now + timedelta(seconds=ttl)
         values = {
@@ -171,6 +254,8 @@ class Sessions:
             "expires_at": None if expires is None else to_db(expires),
             "meta": meta,
             "message_count": 0,
+            "agent_url": None if remote is None else remote[0],
+            "timeout_seconds": None if remote is None else remote[1],
         }
         with self.db.write() as conn:
             conn.execute(insert(_S).values(**values))
@@ -244,6 +329,7 @@ class Sessions:
             is_expired=expired,
             metadata=json.loads(row.meta),
             agent_url=row.agent_url,
+            timeout_seconds=row.timeout_seconds,
             resumed=resumed,
         )
 

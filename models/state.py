@@ -67,7 +67,7 @@ class State:
     ) -> StateValue:
         check_key(key)
         with self.db.read() as conn:
-            self.sessions.readable(conn, session_id, owner)
+            self.sessions.local(conn, session_id, owner)
             row = self._row(conn, session_id, key)
         if row is None:
             return StateValue(key=key, value=default, found=False, version=0)
@@ -75,7 +75,7 @@ class State:
 
     def restore(self, session_id: str, *, owner: str | None = None) -> StateSnapshot:
         with self.db.read() as conn:
-            self.sessions.readable(conn, session_id, owner)
+            self.sessions.local(conn, session_id, owner)
             rows = conn.execute(select(_T).where(_T.c.session_id == session_id).order_by(_T.c.key)).mappings()
             return StateSnapshot(state={r["key"]: value_of(r) for r in rows})
 

@@ -9,6 +9,7 @@ from sqlalchemy import delete, select, update
 
 from session_mcp.models.clock import Clock, to_db
 from session_mcp.models.database import Database
+from session_mcp.models.knowledge import Knowledge
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import Memory
 from session_mcp.models.tables import MessageRow, SessionRow, StateRow
@@ -20,12 +21,23 @@ _H = MessageRow.__table__  # type: ignore[attr-defined]
 
 
 class Sweeper:
-    """Expired sessions keep their row (reads say `expired`); their state, short-term memory and
-    history go. Long-term memory belongs to the user and is never swept."""
+    """Expired sessions keep their row (reads say `expired`); their state, short-term memory,
+    session knowledge and history go. Long-term memory and user knowledge belong to the user and
+    are never swept."""
 
-    def __init__(self, db: Database, memory: Memory, clock: Clock, limits: Limits, batch: int = 200) -> None:
+    def __init__(
+        self,
+        db: Database,
+        memory: Memory,
+        clock: Clock,
+        limits: Limits,
+        batch: int = 200,
+        *,
+        knowledge: Knowledge | None = None,
+    ) -> None:
         self.db = db
         self.memory = memory
+        self.knowledge = knowledge
         self.clock = clock
         self.limits = limits
         self.batch = batch
@@ -47,16 +59,22 @@ class Sweeper:
                     )
                 ]
                 scopes = []
+                knowledge_scopes = []
                 for session_id in due:
                     conn.execute(delete(_T).where(_T.c.session_id == session_id))
                     conn.execute(delete(_H).where(_H.c.session_id == session_id))
                     scopes.append(self.memory.purge_session(conn, session_id))
+                    if self.knowledge is not None:
+                        knowledge_scopes.append(self.knowledge.purge_session(conn, session_id))
                 if due:
                     conn.execute(
                         update(_S).where(_S.c.session_id.in_(due)).values(purged_at=to_db(self.clock.now()))
                     )
             for scope in scopes:
                 self.memory.vectors.drop(scope)
+            if self.knowledge is not None:
+                for scope in knowledge_scopes:
+                    self.knowledge.vectors.drop(scope)
             purged += len(due)
             if len(due) < self.batch:
                 break

@@ -15,6 +15,7 @@ class SessionRow(SQLModel, table=True):
     user_id: str = Field(index=True, max_length=128)
     parent_id: str | None = Field(default=None, max_length=128)
     agent_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    timeout_seconds: float | None = Field(default=None)  # remote sessions: how long session_chat waits
     status: str = Field(default="active", max_length=16)
     created_at: datetime
     updated_at: datetime
@@ -72,6 +73,51 @@ class MemoryScopeRow(SQLModel, table=True):
     scope: str = Field(primary_key=True, max_length=200)
     row_count: int = Field(default=0)
     max_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+class DocumentRow(SQLModel, table=True):
+    """A knowledge document. `scope` is `session:<session_id>` or `user:<user_id>` (its `owner`);
+    one row per (scope, source), so re-adding a source replaces it."""
+
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("scope", "source", name="uq_documents_scope_source"),)
+
+    document_id: str = Field(primary_key=True, max_length=32)
+    scope: str = Field(max_length=200, index=True)
+    owner: str = Field(max_length=128)
+    session_id: str = Field(max_length=128, index=True)  # the session that added it
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    mime: str = Field(max_length=128)
+    sha256: str = Field(max_length=64)
+    pages: int | None = Field(default=None)
+    chunk_count: int = Field(default=0)
+    meta: str = Field(default="{}", sa_column=Column("meta", Text, nullable=False))
+    created_at: datetime
+    updated_at: datetime
+
+
+class ChunkRow(SQLModel, table=True):
+    """A chunk of a document; `scope` repeats the document's so the vector caches can read by it,
+    and `seq` keys them (never reused, as for memories)."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (
+        Index("ix_chunks_scope_seq", "scope", "seq"),
+        Index("ix_chunks_document", "document_id", "ordinal"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    chunk_id: str = Field(unique=True, max_length=32)
+    document_id: str = Field(max_length=32)
+    scope: str = Field(max_length=200)
+    ordinal: int
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    page: int | None = Field(default=None)
+    start: int
+    end: int
+    embedding: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class MessageRow(SQLModel, table=True):

@@ -28,6 +28,8 @@ session-mcp keeps durable sessions for you.
    memory_type="short", structured values and counters with state_set / state_increment.
 3. Before answering, call get_context with the user's message to recall what is relevant.
 4. Record the conversation with history_add if the host does not keep it.
+5. A session created with agent_url belongs to a remote agent: talk to it with session_chat (its state and
+   memory live on the agent's side).
 Errors start with a code (session_not_found, session_expired, conflict, ...) and say what to do next."""
 
 
@@ -39,6 +41,7 @@ async def running_layer(
     layer = await anyio.to_thread.run_sync(
         lambda: SessionLayer(settings.layer_config(), clock=clock, embedder=embedder)
     )
+    log.info("session layer open")
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_sweep_forever, layer, settings.sweeper_interval_seconds)
@@ -49,6 +52,7 @@ async def running_layer(
             tasks.cancel_scope.cancel()
     finally:
         await anyio.to_thread.run_sync(layer.close)
+        log.info("session layer closed")
 
 
 def build_server(

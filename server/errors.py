@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import re
 from collections.abc import Callable
@@ -22,13 +23,27 @@ _PREFIX = "Error executing tool "
 def tool_errors(fn: F) -> F:
     """Return a SessionError as an error result the model reads: `code: what happened; what next`."""
 
+    def refused(exc: SessionError) -> CallToolResult:
+        log.info("%s refused: %s", fn.__name__, exc.code)
+        return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+
+    if inspect.iscoroutinefunction(fn):  # long tools run async so they never hold a worker
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except SessionError as exc:
+                return refused(exc)
+
+        return async_wrapper  # type: ignore[return-value]
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except SessionError as exc:
-            log.info("%s refused: %s", fn.__name__, exc.code)
-            return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+            return refused(exc)
 
     return wrapper  # type: ignore[return-value]
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal, cast
+from typing import Annotated, Literal, cast
 
 import platformdirs
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from session_mcp.models.embedder import DEFAULT_VARIANT
-from session_mcp.models.layer import LayerConfig
+from session_mcp.models.ingestion import KnowledgeConfig
+from session_mcp.models.layer import LayerConfig, default_url_policy
 from session_mcp.models.limits import Limits
+from session_mcp.models.outbound import (
+    DEFAULT_ALLOW,
+    URL_DEFAULT_ALLOW,
+    OutboundPolicy,
+    parse_allow,
+    parse_headers,
+)
 
 EmbeddingVariant = Literal["fp32", "int8-dynamic", "as-shipped"]
 
@@ -68,6 +77,134 @@ class Settings(BaseSettings):
         default="INFO", description="stderr log level"
     )
 
+    # HTTP transports and auth
+    host: str = Field(default="127.0.0.1", description="address the HTTP transports bind (serve --host)")
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="port the HTTP transports bind (serve --port)"
+    )
+    auth_tokens: SecretStr | None = Field(
+        default=None, description="HTTP bearer tokens as token=user pairs, comma separated"
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None, description="a file of HTTP bearer tokens, one token=user a line"
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="serve HTTP without tokens on a non-loopback address (anyone who connects may act as any user)",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host headers HTTP clients may send, comma separated; loopback names are always allowed; "
+        "default: the bind address",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser Origins allowed, comma separated; default: http(s) on the allowed hosts",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="largest HTTP request body; a larger one gets 413"
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=10, gt=0, description="on SIGTERM, how long in-flight HTTP requests get to finish"
+    )
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    # Knowledge
+    knowledge_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="folders knowledge_add may read, separated by the OS path separator (':'), added to "
+        "the client's declared roots; with neither, the working directory",
+    )
+    url_allow: str = Field(
+        default=URL_DEFAULT_ALLOW,
+        description="hosts knowledge_add may fetch URLs from, comma separated: public (every global "
+        "address), loopback, private, shared (100.64/10), CIDRs, IPs ([v6]), host names or *.example.com, "
+        "each with an optional :port; setting it replaces the default, so keep public to reach the "
+        "internet too (public,127.0.0.1); link-local and cloud metadata addresses are always refused",
+    )
+    knowledge_max_file_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="largest file to ingest"
+    )
+    knowledge_max_url_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="largest URL body to ingest"
+    )
+    knowledge_url_timeout_seconds: float = Field(default=30, gt=0, description="total time for one URL fetch")
+    knowledge_max_pages: int = Field(
+        default=2_000, ge=1, description="most pages (PDF) or slides (PPTX) per document"
+    )
+    knowledge_max_chunks_per_document: int = Field(
+        default=10_000, ge=1, description="most chunks one document may make"
+    )
+    knowledge_max_chunks_per_call: int = Field(
+        default=50_000, ge=1, description="most chunks one knowledge_add may make"
+    )
+    knowledge_max_files_per_call: int = Field(
+        default=2_000, ge=1, description="most files one folder may hold"
+    )
+    knowledge_parse_timeout_seconds: float = Field(
+        default=30, gt=0, description="wall time to parse one document before it is stopped"
+    )
+    knowledge_parse_memory_mb: int = Field(
+        default=1024, ge=128, description="address-space limit of the parser subprocess, in MiB"
+    )
+    knowledge_chunk_tokens: int = Field(default=200, ge=16, le=254, description="most model tokens per chunk")
+    knowledge_chunk_overlap_tokens: int = Field(
+        default=32, ge=0, le=128, description="tokens a chunk repeats from the one before"
+    )
+
+    @field_validator("knowledge_roots", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(os.pathsep) if item.strip()]
+        return value
+
+    @field_validator("url_allow")
+    @classmethod
+    def _url_allow_list(cls, value: str) -> str:
+        parse_allow(value)  # a bad entry stops start-up with the reason, not the first knowledge_add
+        return value
+
+    # Remote agents
+    agent_allow: str = Field(
+        default=DEFAULT_ALLOW,
+        description="hosts session_create(agent_url=...) may reach, comma separated: loopback, private, "
+        "shared (100.64/10), CIDRs, IPs ([v6]), host names or *.example.com, each with an optional :port; "
+        "link-local and cloud metadata addresses are always refused",
+    )
+    agent_headers: SecretStr = Field(
+        default=SecretStr(""),
+        description="credentials sent to agents, comma separated host[:port]=Header-Name: value entries "
+        "(e.g. agents.example.com=Authorization: Bearer abc); never sent to any other host",
+    )
+    agent_timeout: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        description="seconds to wait for an agent when session_create gives no timeout",
+    )
+    agent_max_response_bytes: int = Field(
+        default=1_048_576, ge=1024, description="largest agent reply accepted, in bytes after decompression"
+    )
+
+    @field_validator("agent_allow")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        parse_allow(value)  # a bad entry stops start-up with the reason, not the first chat
+        return value
+
+    @field_validator("agent_headers")
+    @classmethod
+    def _header_rules(cls, value: SecretStr) -> SecretStr:
+        parse_headers(value.get_secret_value())
+        return value
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'session-mcp.db'}"
 
@@ -90,5 +227,27 @@ class Settings(BaseSettings):
                 max_keys_per_session=self.max_keys_per_session,
                 max_metadata_bytes=self.max_metadata_bytes,
                 context_max_tokens=self.context_max_tokens,
+                agent_timeout_seconds=self.agent_timeout,
             ),
+            knowledge=KnowledgeConfig(
+                roots=tuple(self.knowledge_roots),
+                max_file_bytes=self.knowledge_max_file_bytes,
+                max_url_bytes=self.knowledge_max_url_bytes,
+                url_timeout_seconds=self.knowledge_url_timeout_seconds,
+                max_pages=self.knowledge_max_pages,
+                max_chunks_per_document=self.knowledge_max_chunks_per_document,
+                max_chunks_per_call=self.knowledge_max_chunks_per_call,
+                max_files_per_call=self.knowledge_max_files_per_call,
+                parse_timeout_seconds=self.knowledge_parse_timeout_seconds,
+                parse_memory_mb=self.knowledge_parse_memory_mb,
+                chunk_tokens=self.knowledge_chunk_tokens,
+                chunk_overlap_tokens=self.knowledge_chunk_overlap_tokens,
+            ),
+            outbound=OutboundPolicy(
+                self.agent_allow,
+                headers=self.agent_headers.get_secret_value(),
+                setting="SESSION_MCP_AGENT_ALLOW",
+            ),
+            agent_max_response_bytes=self.agent_max_response_bytes,
+            url_policy=default_url_policy(self.url_allow),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, StrictStr
 
 from session_mcp.models.schemas import SessionInfo, SessionPage
 from session_mcp.tools.arguments import Cursor, FiniteFloat, Name, SessionId
@@ -29,11 +29,26 @@ def session_create(
     metadata: Annotated[
         dict[str, JsonValue] | None, Field(description="any JSON object kept with it")
     ] = None,
+    agent_url: Annotated[
+        Annotated[StrictStr, Field(min_length=1, max_length=2048)] | None,
+        Field(
+            description="a remote agent to talk to with session_chat (PraisonAI Agent.launch URL, e.g. "
+            "192.168.1.10:8000/agent; http:// is added when missing); null: a local session"
+        ),
+    ] = None,
+    timeout: Annotated[
+        Annotated[FiniteFloat, Field(gt=0, le=600)] | None,
+        Field(description="remote sessions: seconds to wait for the agent; null: the server's default"),
+    ] = None,
 ) -> SessionInfo:
     """Create a session, or resume it when `session_id` already exists for this user (then
     `resumed` is true). Call this first: every other tool takes the returned `session_id`.
-    A session with `ttl_seconds` refuses writes once it expires but stays readable."""
-    return layer(ctx).sessions.create(session_id, user_id, ttl_seconds, metadata, owner=owner(ctx))
+    A session with `ttl_seconds` refuses writes once it expires but stays readable.
+    With `agent_url` the agent is checked before the session exists; state, memory and knowledge
+    then live on the agent's side, and session_chat talks to it."""
+    return layer(ctx).sessions.create(
+        session_id, user_id, ttl_seconds, metadata, agent_url, timeout, owner=owner(ctx)
+    )
 
 
 def session_get(ctx: Context, session_id: SessionId) -> SessionInfo:

@@ -17,7 +17,8 @@ EXPECTED_TOOLS = {
     "session_create", "session_get", "session_list", "session_close",
     "state_get", "state_set", "state_increment", "state_delete", "state_save", "state_restore",
     "memory_add", "memory_search", "memory_delete", "memory_clear",
-    "get_context", "history_add", "history_get",
+    "knowledge_add", "knowledge_search", "knowledge_list", "knowledge_delete",
+    "get_context", "history_add", "history_get", "session_chat",
 }  # fmt: skip
 
 
