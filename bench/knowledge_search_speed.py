@@ -1,6 +1,7 @@
 """knowledge_search latency at scale, service level (SessionLayer.knowledge.search, not over stdio).
 
 Run by hand:  .venv/bin/python bench/knowledge_search_speed.py [--chunks 100000] [--queries 150] [--hnsw]
+              .venv/bin/python bench/knowledge_search_speed.py --stdio [--hnsw]   (over stdio, see below)
 
 Populating (not timed as search): one session's scope gets --chunks chunks in documents of 100,
 inserted directly with SQL in this process (as bench/stdio_speed.py populates memories: bulk
@@ -32,6 +33,20 @@ Also reported: how many chunks the OR-ed keyword query matches (median over 30 q
 scores every match before ORDER BY/LIMIT, so keyword cost grows with it. Caveat: with 100k
 chunks made of a 7.4k-sentence pool every sentence recurs ~90 times, so rare words match far
 more chunks than in 100k chunks of distinct real text; common words behave about the same. Results: a table on stdout and bench/results/knowledge_search_speed.json.
+
+--stdio: the same database (populated the same way, into the session's own scope
+`session:<session_id>` as models/knowledge.py names it, the session created first) is searched
+by the real `session-mcp` console script over stdio (SESSION_MCP_DATA_DIR and
+SESSION_MCP_DATABASE_URL point at it; bench/stdio_speed.py's spawn, legacy handshake so `ping`
+works). Every query runs knowledge_search (limit 5) in each mode, and each call is preceded by an
+MCP `ping`, all in a shuffled order per query; reported: p50/p90/p99 and the ratio of p50 to the
+ping p50. The first knowledge_search after tools/list (it loads the model and the scope's chunk
+matrix, or its saved HNSW index) is reported separately.
+  exact   the server with SESSION_MCP_EXACT_SEARCH_BELOW above the size: every vector search is
+          the float32 matrix (the server's behaviour until its HNSW index exists).
+  hnsw    (--hnsw) the index is built in this process (as above) and saved to the data dir; the
+          server runs with default settings and loads it on its first search.
+Results: bench/results/knowledge_search_speed_stdio.json.
 """
 
 from __future__ import annotations
@@ -68,6 +83,7 @@ from session_mcp.models.tables import ChunkRow, DocumentRow
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "knowledge_search_speed.json"
+RESULTS_STDIO = HERE / "results" / "knowledge_search_speed_stdio.json"
 MODES = ("hybrid", "vector", "keyword")
 BASELINES = ("embed_one", "fts_sql")
 PER_DOCUMENT = 100
@@ -241,13 +257,158 @@ def measure(layer: SessionLayer, queries: list[str]) -> dict[str, Any]:
     return out
 
 
+def database_url(work: Path) -> str:
+    return f"sqlite:///{work}/search.db"
+
+
 def layer_for(work: Path, embedder: Embedder, exact_below: int) -> SessionLayer:
     return SessionLayer(
-        LayerConfig(
-            database_url=f"sqlite:///{work}/search.db", data_dir=work / "data", exact_search_below=exact_below
-        ),
+        LayerConfig(database_url=database_url(work), data_dir=work / "data", exact_search_below=exact_below),
         embedder=embedder,
     )
+
+
+# -- over stdio ----------------------------------------------------------------------------------
+
+
+async def measure_stdio(work: Path, queries: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
+    """Spawn the real `session-mcp` on the populated data dir; time knowledge_search against ping."""
+    from stdio_speed import MODEL_TIMEOUT, SERVER, memory_mb, server_env, spawn
+
+    env = {**server_env(work / "data", database_url(work)), **extra_env}
+    log = work / "server.log"
+    async with spawn([str(SERVER)], env, log) as srv:
+        for _ in range(20):  # warm the connection, untimed
+            await srv.ping()
+        t = time.perf_counter()
+        first = await srv.call(
+            "knowledge_search", MODEL_TIMEOUT, session_id=SESSION, query=queries[0], limit=5, mode="hybrid"
+        )
+        first_s = time.perf_counter() - t
+        if not first["results"]:
+            raise RuntimeError("the first search found nothing")
+        for q in queries[:10]:  # warm the model at query lengths, untimed (as the service-level run)
+            await srv.call("knowledge_search", session_id=SESSION, query=q, limit=5, mode="vector")
+        times: dict[str, list[float]] = {m: [] for m in (*MODES, "ping")}
+        for n, query in enumerate(queries):
+            order = list(MODES)
+            random.Random(n).shuffle(order)
+            for mode in order:
+                t = time.perf_counter()
+                await srv.ping()
+                times["ping"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                hits = await srv.call("knowledge_search", session_id=SESSION, query=query, limit=5, mode=mode)
+                times[mode].append(time.perf_counter() - t)
+                if not hits["results"]:
+                    raise RuntimeError(f"{mode} found nothing for {query!r}")
+            if n % 50 == 49:
+                print(f"  {n + 1}/{len(queries)} queries", flush=True)
+        rss = memory_mb(srv.pid)
+    out: dict[str, Any] = {
+        "first_search_s": round(first_s, 3),
+        "first_search_from_spawn_s": round(first_s + (srv.listed_at - srv.spawned_at), 3),
+        "start_to_tools_list_s": round(srv.listed_at - srv.spawned_at, 3),
+        "server_rss_mb": rss,
+    }
+    ping50 = statistics.median(times["ping"])
+    for mode, values in times.items():
+        out[mode] = stats_ms(values)
+        if mode in MODES:
+            p50 = statistics.median(values)
+            out[mode]["p50_minus_ping_ms"] = round((p50 - ping50) * 1000, 2)
+            out[mode]["p50_ratio_to_ping"] = round(p50 / ping50, 1)
+    return out
+
+
+def run_stdio(args: argparse.Namespace, pool: list[str], queries: list[str], env: dict[str, Any]) -> int:
+    import anyio
+    from mcp.shared.exceptions import MCPDeprecationWarning
+    from stdio_speed import SERVER, kill_leftovers
+
+    warnings.simplefilter("ignore", MCPDeprecationWarning)  # ping warns on every call
+    if not SERVER.exists():
+        print(f"{SERVER} not found: install the project into this venv", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    server_env: dict[str, str] = {}
+    if args.variant is not None:
+        server_env["SESSION_MCP_EMBEDDING_VARIANT"] = args.variant
+    try:
+        with tempfile.TemporaryDirectory(prefix="knowledge-search-stdio-") as tmp:
+            work = Path(tmp)
+            kwargs = {} if args.variant is None else {"variant": args.variant}
+            # the server's own model cache (data dir / models): its first search loads, not converts
+            embedder = Embedder(cache_dir=work / "data" / "models", **kwargs)
+            embedder.warm()
+            env["embedder_variant"] = embedder.variant
+            layer = layer_for(work, embedder, args.chunks + 1)
+            try:
+                layer.sessions.create(SESSION, USER)  # the chunks' session exists; scope session:<id>
+                print(f"populating {args.chunks} chunks from {len(pool)} docstring sentences", flush=True)
+                results["populate"] = populate(layer, pool, args.chunks, args.base, args.seed)
+                print(f"  {results['populate']}", flush=True)
+            finally:
+                layer.close()
+            print("exact: session-mcp over stdio, exact search ...", flush=True)
+            exact_env = {**server_env, "SESSION_MCP_EXACT_SEARCH_BELOW": str(args.chunks + 1)}
+            results["exact"] = anyio.run(measure_stdio, work, queries, exact_env)
+            print(f"  exact: {json.dumps(results['exact'])}", flush=True)
+            if args.hnsw:
+                layer = layer_for(work, embedder, 20_000)
+                try:
+                    t = time.perf_counter()
+                    layer.knowledge.search(SESSION, queries[0], 5, "vector")  # queues the build
+                    done = layer.knowledge_vectors.wait_idle(args.build_budget)
+                    results["hnsw_build_s"] = round(time.perf_counter() - t, 1)
+                    mode = layer.knowledge_vectors.mode(f"session:{SESSION}")
+                    results["hnsw_ready"] = done and mode == "hnsw"
+                finally:
+                    layer.close()  # saves the index into the data dir
+                saved = sorted(p.name for p in (work / "data" / "indexes").rglob("*") if p.is_file())
+                results["hnsw_files"] = saved
+                print(f"  hnsw build {results['hnsw_build_s']}s, ready {results['hnsw_ready']}", flush=True)
+                if results["hnsw_ready"]:
+                    print("hnsw: session-mcp over stdio, default settings ...", flush=True)
+                    results["hnsw"] = anyio.run(measure_stdio, work, queries, server_env)
+            results["server_log_tail"] = (work / "server.log").read_text(errors="replace")[-2000:]
+    finally:
+        kill_leftovers()
+    env["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    env["wall_s"] = round(time.perf_counter() - started, 1)
+    report = {"environment": env, "settings": vars(args), "results": results}
+    RESULTS_STDIO.parent.mkdir(exist_ok=True)
+    RESULTS_STDIO.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"\nknowledge_search over stdio (real session-mcp, legacy handshake), {args.chunks} chunks in "
+        f"one session scope, SQLite, embedder {env['embedder_variant']}, limit 5, {args.queries} queries "
+        f"per mode, load {'/'.join(env['loadavg_start'])} -> {'/'.join(env['loadavg_end'])}"
+    )
+    print(
+        f"{'phase':<6} {'mode':<8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50-ping ms':>12} {'p50/ping':>9}"
+    )
+    for phase in ("exact", "hnsw"):
+        if phase not in results:
+            continue
+        r = results[phase]
+        for mode in (*MODES, "ping"):
+            m = r[mode]
+            extra = (
+                f"{m['p50_minus_ping_ms']:>12.2f} {m['p50_ratio_to_ping']:>8.1f}x"
+                if mode in MODES
+                else f"{'(baseline)':>12}"
+            )
+            print(f"{phase:<6} {mode:<8} {m['p50_ms']:>8.2f} {m['p90_ms']:>8.2f} {m['p99_ms']:>8.2f} {extra}")
+        print(
+            f"{phase:<6} first knowledge_search after tools/list {r['first_search_s']:.2f}s "
+            f"(spawn -> first result {r['first_search_from_spawn_s']:.2f}s); "
+            f"server RSS {r['server_rss_mb']}"
+        )
+    if "hnsw_build_s" in results:
+        print(f"hnsw index built in-process in {results['hnsw_build_s']}s (not part of the server timings)")
+    print(f"\nwrote {RESULTS_STDIO.relative_to(HERE.parent)}")
+    return 0
 
 
 def main() -> int:
@@ -261,6 +422,7 @@ def main() -> int:
     parser.add_argument("--build-budget", type=float, default=600.0)
     parser.add_argument("--variant", default=None, help="embedding variant (default: the server default)")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--stdio", action="store_true", help="search through the real session-mcp over stdio")
     args = parser.parse_args()
     started = time.perf_counter()
     pool = sentence_pool()
@@ -278,6 +440,8 @@ def main() -> int:
         env["git_head"] = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=HERE.parent, capture_output=True, text=True, timeout=10
         ).stdout.strip()
+    if args.stdio:
+        return run_stdio(args, pool, queries, env)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="knowledge-search-") as tmp:
         work = Path(tmp)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import JsonValue
-from sqlalchemy import Connection, case, delete, select, text
+from sqlalchemy import Connection, bindparam, case, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -206,25 +206,26 @@ class Memory:
         return hits
 
     def _keyword(self, conn: Connection, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
-        found: dict[int, float] = {}
-        for scope in scopes:
-            if self.db.is_sqlite:
-                sql = text(
-                    "SELECT m.seq, -bm25(memories_fts) FROM memories_fts "
-                    "JOIN memories m ON m.seq = memories_fts.rowid "
-                    "WHERE memories_fts MATCH :q AND m.scope = :scope "
-                    "ORDER BY bm25(memories_fts) LIMIT :k"
-                )
-                params: dict[str, Any] = {"q": fts5_query(words), "scope": scope, "k": k}
-            else:
-                sql = text(
-                    "SELECT seq, ts_rank(tsv, q, 1) FROM memories, "
-                    "websearch_to_tsquery('english', :q) q "
-                    "WHERE scope = :scope AND tsv @@ q ORDER BY 2 DESC LIMIT :k"
-                )
-                params = {"q": " or ".join(words), "scope": scope, "k": k}
-            found.update({int(seq): float(score) for seq, score in conn.execute(sql, params)})
-        return found
+        # One query for all scopes: the full-text match is global and filtered by scope after,
+        # so a query per scope would score every matching row once per scope.
+        if self.db.is_sqlite:
+            sql = text(
+                "SELECT m.seq, -bm25(memories_fts) FROM memories_fts "
+                "JOIN memories m ON m.seq = memories_fts.rowid "
+                "WHERE memories_fts MATCH :q AND m.scope IN :scopes "
+                "ORDER BY bm25(memories_fts) LIMIT :k"
+            )
+            query = fts5_query(words)
+        else:
+            sql = text(
+                "SELECT seq, ts_rank(tsv, q, 1) FROM memories, "
+                "websearch_to_tsquery('english', :q) q "
+                "WHERE scope IN :scopes AND tsv @@ q ORDER BY 2 DESC LIMIT :k"
+            )
+            query = " or ".join(words)
+        sql = sql.bindparams(bindparam("scopes", expanding=True))
+        params: dict[str, Any] = {"q": query, "scopes": scopes, "k": k * len(scopes)}
+        return {int(seq): float(score) for seq, score in conn.execute(sql, params)}
 
     def _rows(self, conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, Any]:
         if not seqs:
