@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from mcp import Client
-from mcp.types import CallToolResult, ListRootsResult, Root, TextContent
+from mcp.types import CallToolResult, ListRootsResult, Root
+from tool_calls import call, error
 
 from session_mcp.models.clock import ManualClock
 from session_mcp.models.embedder import Embedder
@@ -28,21 +29,6 @@ async def rooted_client(
     # Roots are a request from server to client: the legacy handshake keeps that back-channel.
     async with Client(server, raise_exceptions=True, list_roots_callback=list_roots, mode="legacy") as client:
         yield client
-
-
-async def call(client: Client, name: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, arguments)
-    assert isinstance(result, CallToolResult) and not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def error(client: Client, name: str, **arguments: Any) -> str:
-    result = await client.call_tool(name, arguments)
-    assert isinstance(result, CallToolResult) and result.is_error
-    first = result.content[0]
-    assert isinstance(first, TextContent)
-    return first.text
 
 
 async def test_knowledge_tools_add_a_folder_inside_client_roots_search_list_and_delete(

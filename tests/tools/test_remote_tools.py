@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fake_agent import Recorder, free_port, launch_app, serving
 from mcp import Client
-from mcp.types import CallToolResult, TextContent
+from tool_calls import call, error
 
 
 @pytest.fixture(scope="module")
@@ -16,22 +15,6 @@ def agent() -> Iterator[tuple[str, Recorder]]:
     recorder = Recorder()
     with serving(recorder.wrap(launch_app("/agent"))) as base:
         yield base, recorder
-
-
-async def call(client: Client, name: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, arguments)
-    assert isinstance(result, CallToolResult)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def error(client: Client, name: str, **arguments: Any) -> str:
-    result = await client.call_tool(name, arguments)
-    assert isinstance(result, CallToolResult) and result.is_error
-    first = result.content[0]
-    assert isinstance(first, TextContent)
-    return first.text
 
 
 async def test_session_chat_is_listed_as_an_open_world_write(client: Client) -> None:

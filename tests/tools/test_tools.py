@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from mcp.types import CallToolResult, TextContent
+from tool_calls import call, error
 
 from session_mcp.models.clock import ManualClock
 from session_mcp.tools import ALL_TOOLS
@@ -20,22 +20,6 @@ EXPECTED_TOOLS = {
     "knowledge_add", "knowledge_search", "knowledge_list", "knowledge_delete",
     "get_context", "history_add", "history_get", "session_chat",
 }  # fmt: skip
-
-
-async def call(client: Client, name: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, arguments)
-    assert isinstance(result, CallToolResult)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def error(client: Client, name: str, **arguments: Any) -> str:
-    result = await client.call_tool(name, arguments)
-    assert isinstance(result, CallToolResult) and result.is_error
-    first = result.content[0]
-    assert isinstance(first, TextContent)
-    return first.text
 
 
 async def test_every_tool_is_listed_with_output_schema_and_annotations(client: Client) -> None:
