@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import JsonValue
-from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy import Connection, delete, select, text, update
 
 from session_mcp.models.chunking import Chunker
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -76,31 +76,6 @@ def scope_of(scope: KnowledgeScope, session: SessionRow) -> str:
 
 def scopes_of(session: SessionRow) -> list[str]:
     return [scope_of("session", session), scope_of("user", session)]
-
-
-class KnowledgeSource:
-    """The chunks table as the vector caches see it."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def stats(self, scope: str) -> tuple[int, int]:
-        with self.db.read() as conn:
-            row = conn.execute(select(func.max(_C.c.seq), func.count()).where(_C.c.scope == scope)).one()
-        return int(row[0] or 0), int(row[1])
-
-    def rows_after(self, scope: str, after_seq: int) -> Iterable[tuple[int, bytes]]:
-        with self.db.read() as conn:
-            rows = conn.execute(
-                select(_C.c.seq, _C.c.embedding)
-                .where(_C.c.scope == scope, _C.c.seq > after_seq)
-                .order_by(_C.c.seq)
-            ).all()
-        return [(int(seq), bytes(vector)) for seq, vector in rows]
-
-    def all_keys(self, scope: str) -> Sequence[int]:
-        with self.db.read() as conn:
-            return [int(s) for (s,) in conn.execute(select(_C.c.seq).where(_C.c.scope == scope))]
 
 
 class Knowledge:

@@ -12,15 +12,17 @@ from session_mcp.models.database import Database
 from session_mcp.models.embedder import DEFAULT_VARIANT, Embedder
 from session_mcp.models.history import Histories
 from session_mcp.models.ingestion import Fetch, KnowledgeConfig, url_fetcher
-from session_mcp.models.knowledge import Knowledge, KnowledgeSource
+from session_mcp.models.knowledge import Knowledge
 from session_mcp.models.limits import Limits
-from session_mcp.models.memory import Memory, MemorySource
+from session_mcp.models.memory import Memory
 from session_mcp.models.migrations import migrate
 from session_mcp.models.outbound import URL_DEFAULT_ALLOW, OutboundPolicy, Resolver, system_resolver
 from session_mcp.models.remote import AgentClient, RemoteChats
+from session_mcp.models.rowvectors import RowVectors
 from session_mcp.models.sessions import Sessions
 from session_mcp.models.state import State
 from session_mcp.models.sweeper import Sweeper
+from session_mcp.models.tables import ChunkRow, MemoryRow, MemoryScopeRow
 from session_mcp.models.vectors import ScopedVectors
 
 
@@ -31,6 +33,11 @@ def default_url_policy(
     return OutboundPolicy(
         allow, resolver=resolver, setting="SESSION_MCP_URL_ALLOW", user_agent="session-mcp (knowledge_add)"
     )
+
+
+MEMORIES = MemoryRow.__table__  # type: ignore[attr-defined]
+MEMORY_COUNTS = MemoryScopeRow.__table__  # type: ignore[attr-defined]
+CHUNKS = ChunkRow.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -78,14 +85,14 @@ class SessionLayer:
         )
         self.vectors = ScopedVectors(
             dim=self.embedder.dim,
-            source=MemorySource(self.db),
+            source=RowVectors(self.db, MEMORIES, MEMORY_COUNTS),
             directory=config.data_dir / "indexes" / _database_key(self.db.url),
             exact_below=config.exact_search_below,
         )
         # Chunks get caches of their own: a knowledge scope and a memory scope never share an index.
         self.knowledge_vectors = ScopedVectors(
             dim=self.embedder.dim,
-            source=KnowledgeSource(self.db),
+            source=RowVectors(self.db, CHUNKS),
             directory=config.data_dir / "indexes" / _database_key(self.db.url) / "knowledge",
             exact_below=config.exact_search_below,
         )

@@ -6,7 +6,6 @@ import hashlib
 import json
 import unicodedata
 import uuid
-from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -68,33 +67,6 @@ def count_rows(db: Database, conn: Connection, scope: str, delta: int, seq: int 
             },
         )
     )
-
-
-class MemorySource:
-    """The memories table as the vector caches see it."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def stats(self, scope: str) -> tuple[int, int]:
-        with self.db.read() as conn:
-            row = conn.execute(select(_C.c.max_seq, _C.c.row_count).where(_C.c.scope == scope)).first()
-        return (0, 0) if row is None else (int(row[0]), int(row[1]))
-
-    def rows_after(self, scope: str, after_seq: int) -> Iterator[tuple[int, bytes]]:
-        # Streamed in pages: a rebuild of a 100k-memory scope never holds every vector twice.
-        with self.db.read() as conn:
-            rows = conn.execution_options(yield_per=1024).execute(
-                select(_M.c.seq, _M.c.embedding)
-                .where(_M.c.scope == scope, _M.c.seq > after_seq)
-                .order_by(_M.c.seq)
-            )
-            for seq, vector in rows:
-                yield int(seq), bytes(vector)
-
-    def all_keys(self, scope: str) -> Sequence[int]:
-        with self.db.read() as conn:
-            return [int(s) for (s,) in conn.execute(select(_M.c.seq).where(_M.c.scope == scope))]
 
 
 class Memory:
