@@ -101,9 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"session-mcp: invalid settings:\n{exc}\n")
         return 2
     # stdout carries the protocol in stdio mode: every log line goes to stderr.
+    # Libraries log to the root logger at INFO (onnxruntime's quantizer prints a line per tensor
+    # while the int8 model is built): they get warnings only; our own loggers get the set level.
     logging.basicConfig(
-        stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        stream=sys.stderr, level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("session_mcp").setLevel(settings.log_level)
     if args.command == "serve" and args.transport != "stdio":
         overrides = {
             "host": args.host,
