@@ -79,13 +79,16 @@ class Contexts:
             )
             messages = self.histories.recent(conn, session_id, None, max_items)
         sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
+        vector = self.embedder.embed_one(cleaned)  # once, for every store searched below
         for name, memory_type in (("long_term_memory", "long"), ("session_memory", "short")):
             scope = scope_of(memory_type, session)  # type: ignore[arg-type]
-            for hit in self.memory.search_scopes([scope], cleaned, max_items):
+            for hit in self.memory.search_scopes([scope], cleaned, max_items, vector):
                 item = ContextItem(section=name, source_id=hit.memory_id, text=hit.text, score=hit.score)  # type: ignore[arg-type]
                 sections[name].append(_Candidate(item, f"- {hit.text}"))
         if self.knowledge is not None and not session.agent_url:
-            for passage in self.knowledge.search_scopes(scopes_of(session), cleaned, max_items):
+            for passage in self.knowledge.search_scopes(
+                scopes_of(session), cleaned, max_items, "hybrid", vector
+            ):
                 where = f"{passage.title}, p. {passage.page}" if passage.page is not None else passage.title
                 item = ContextItem(
                     section="knowledge", source_id=passage.chunk_id, text=passage.text, score=passage.score

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, delete, select, text, update
+from sqlalchemy import Connection, delete, select, update
 
 from session_mcp.models.chunking import Chunker
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -31,6 +32,7 @@ from session_mcp.models.errors import (
     SessionError,
     SessionExpired,
 )
+from session_mcp.models.hybrid import FullText, Hybrid
 from session_mcp.models.ingestion import (
     Fetch,
     Kind,
@@ -47,7 +49,7 @@ from session_mcp.models.ingestion import (
 )
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import clean_text
-from session_mcp.models.ranking import DENSE_WEIGHT, fts5_query, fuse, keywords
+from session_mcp.models.ranking import DENSE_WEIGHT
 from session_mcp.models.schemas import (
     KnowledgeAdded,
     KnowledgeDeleted,
@@ -94,6 +96,7 @@ class Knowledge:
         self.sessions = sessions
         self.embedder = embedder
         self.vectors = vectors
+        self.hybrid = Hybrid(db, embedder, vectors, FullText("chunks"))
         self.clock = clock
         self.limits = limits
         self.config = config
@@ -315,19 +318,16 @@ class Knowledge:
         return KnowledgeResults(results=self.search_scopes(scopes_of(session), cleaned, limit, mode))
 
     def search_scopes(
-        self, scopes: list[str], query: str, limit: int, mode: SearchMode = "hybrid"
+        self,
+        scopes: list[str],
+        query: str,
+        limit: int,
+        mode: SearchMode = "hybrid",
+        vector: NDArray[np.float32] | None = None,
     ) -> list[KnowledgeHit]:
-        candidates = max(limit * 5, 50)
-        dense: dict[int, float] = {}
-        if mode != "keyword":
-            vector = self.embedder.embed_one(query)
-            for scope in scopes:
-                dense.update(self.vectors.search(scope, vector, candidates))
-        words = keywords(query) if mode != "vector" else []
+        weight = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}[mode]
+        ranked = self.hybrid.rank(scopes, query, limit, weight, vector)
         with self.db.read() as conn:
-            keyword = self._keyword(conn, scopes, words, candidates) if words else {}
-            weight = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}[mode]
-            ranked = fuse(dense, keyword, weight)[: limit * 2]
             rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
         hits = []
         for seq, score in ranked:
@@ -350,24 +350,6 @@ class Knowledge:
             if len(hits) == limit:
                 break
         return hits
-
-    def _keyword(self, conn: Connection, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
-        found: dict[int, float] = {}
-        for scope in scopes:
-            if self.db.is_sqlite:
-                sql = text(
-                    "SELECT c.seq, -bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.seq = chunks_fts.rowid "
-                    "WHERE chunks_fts MATCH :q AND c.scope = :scope ORDER BY bm25(chunks_fts) LIMIT :k"
-                )
-                params: dict[str, Any] = {"q": fts5_query(words), "scope": scope, "k": k}
-            else:
-                sql = text(
-                    "SELECT seq, ts_rank(tsv, q, 1) FROM chunks, websearch_to_tsquery('english', :q) q "
-                    "WHERE scope = :scope AND tsv @@ q ORDER BY 2 DESC LIMIT :k"
-                )
-                params = {"q": " or ".join(words), "scope": scope, "k": k}
-            found.update({int(seq): float(score) for seq, score in conn.execute(sql, params)})
-        return found
 
     def _rows(self, conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, Any]:
         if not seqs:
@@ -424,12 +406,12 @@ class Knowledge:
         self.vectors.note_removed(row.scope, seqs)
         return KnowledgeDeleted(document_id=document_id, deleted=True, chunks=len(seqs))
 
-    def purge_session(self, conn: Connection, session_id: str) -> str:
-        """Delete a session's own knowledge inside the caller's transaction; returns the scope."""
-        scope = f"session:{session_id}"
-        conn.execute(delete(_C).where(_C.c.scope == scope))
-        conn.execute(delete(_D).where(_D.c.scope == scope))
-        return scope
+    def purge_sessions(self, conn: Connection, session_ids: Sequence[str]) -> Sequence[str]:
+        """Delete sessions' own knowledge inside the caller's transaction; returns the scopes."""
+        scopes = [f"session:{session_id}" for session_id in session_ids]
+        conn.execute(delete(_C).where(_C.c.scope.in_(scopes)))
+        conn.execute(delete(_D).where(_D.c.scope.in_(scopes)))
+        return scopes
 
 
 def check_source(source: str) -> str:

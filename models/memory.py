@@ -9,16 +9,18 @@ import uuid
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, bindparam, case, delete, select, text
+from sqlalchemy import Connection, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
+from session_mcp.models.hybrid import FullText, Hybrid
 from session_mcp.models.limits import Limits
-from session_mcp.models.ranking import DENSE_WEIGHT, fts5_query, fuse, keywords
+from session_mcp.models.ranking import DENSE_WEIGHT
 from session_mcp.models.schemas import (
     Cleared,
     MemoryAdded,
@@ -86,6 +88,7 @@ class Memory:
         self.clock = clock
         self.limits = limits
         self.dense_weight = DENSE_WEIGHT
+        self.hybrid = Hybrid(db, embedder, vectors, FullText("memories"))
 
     def add(
         self,
@@ -147,16 +150,11 @@ class Memory:
             session = self.sessions.local(conn, session_id, owner)
         return MemoryResults(results=self.search_scopes(scopes_for(memory_type, session), cleaned, limit))
 
-    def search_scopes(self, scopes: list[str], query: str, limit: int) -> list[MemoryHit]:
-        candidates = max(limit * 5, 50)
-        vector = self.embedder.embed_one(query)
-        dense: dict[int, float] = {}
-        for scope in scopes:
-            dense.update(self.vectors.search(scope, vector, candidates))
-        words = keywords(query)
+    def search_scopes(
+        self, scopes: list[str], query: str, limit: int, vector: NDArray[np.float32] | None = None
+    ) -> list[MemoryHit]:
+        ranked = self.hybrid.rank(scopes, query, limit, self.dense_weight, vector)
         with self.db.read() as conn:
-            keyword = self._keyword(conn, scopes, words, candidates) if words else {}
-            ranked = fuse(dense, keyword, self.dense_weight)[: limit * 2]
             rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
         hits = []
         for seq, score in ranked:
@@ -176,28 +174,6 @@ class Memory:
             if len(hits) == limit:
                 break
         return hits
-
-    def _keyword(self, conn: Connection, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
-        # One query for all scopes: the full-text match is global and filtered by scope after,
-        # so a query per scope would score every matching row once per scope.
-        if self.db.is_sqlite:
-            sql = text(
-                "SELECT m.seq, -bm25(memories_fts) FROM memories_fts "
-                "JOIN memories m ON m.seq = memories_fts.rowid "
-                "WHERE memories_fts MATCH :q AND m.scope IN :scopes "
-                "ORDER BY bm25(memories_fts) LIMIT :k"
-            )
-            query = fts5_query(words)
-        else:
-            sql = text(
-                "SELECT seq, ts_rank(tsv, q, 1) FROM memories, "
-                "websearch_to_tsquery('english', :q) q "
-                "WHERE scope IN :scopes AND tsv @@ q ORDER BY 2 DESC LIMIT :k"
-            )
-            query = " or ".join(words)
-        sql = sql.bindparams(bindparam("scopes", expanding=True))
-        params: dict[str, Any] = {"q": query, "scopes": scopes, "k": k * len(scopes)}
-        return {int(seq): float(score) for seq, score in conn.execute(sql, params)}
 
     def _rows(self, conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, Any]:
         if not seqs:
@@ -234,9 +210,9 @@ class Memory:
             self.vectors.drop(scope)
         return Cleared(deleted=deleted)
 
-    def purge_session(self, conn: Connection, session_id: str) -> str:
-        """Delete a session's short-term memory inside the caller's transaction; returns the scope."""
-        scope = f"short:{session_id}"
-        conn.execute(delete(_M).where(_M.c.scope == scope))
-        conn.execute(_C.update().where(_C.c.scope == scope).values(row_count=0))
-        return scope
+    def purge_sessions(self, conn: Connection, session_ids: list[str]) -> list[str]:
+        """Delete sessions' short-term memory inside the caller's transaction; returns the scopes."""
+        scopes = [f"short:{session_id}" for session_id in session_ids]
+        conn.execute(delete(_M).where(_M.c.scope.in_(scopes)))
+        conn.execute(_C.update().where(_C.c.scope.in_(scopes)).values(row_count=0))
+        return scopes

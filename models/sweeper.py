@@ -58,23 +58,21 @@ class Sweeper:
                         .limit(self.batch)
                     )
                 ]
-                scopes = []
-                knowledge_scopes = []
-                for session_id in due:
-                    conn.execute(delete(_T).where(_T.c.session_id == session_id))
-                    conn.execute(delete(_H).where(_H.c.session_id == session_id))
-                    scopes.append(self.memory.purge_session(conn, session_id))
-                    if self.knowledge is not None:
-                        knowledge_scopes.append(self.knowledge.purge_session(conn, session_id))
-                if due:
-                    conn.execute(
-                        update(_S).where(_S.c.session_id.in_(due)).values(purged_at=to_db(self.clock.now()))
-                    )
+                if not due:
+                    break
+                # One statement per table for the whole batch, not a loop of deletes per session.
+                conn.execute(delete(_T).where(_T.c.session_id.in_(due)))
+                conn.execute(delete(_H).where(_H.c.session_id.in_(due)))
+                scopes = self.memory.purge_sessions(conn, due)
+                knowledge_scopes = [] if self.knowledge is None else self.knowledge.purge_sessions(conn, due)
+                conn.execute(
+                    update(_S).where(_S.c.session_id.in_(due)).values(purged_at=to_db(self.clock.now()))
+                )
             for scope in scopes:
                 self.memory.vectors.drop(scope)
-            if self.knowledge is not None:
-                for scope in knowledge_scopes:
-                    self.knowledge.vectors.drop(scope)
+            for scope in knowledge_scopes:
+                assert self.knowledge is not None
+                self.knowledge.vectors.drop(scope)
             purged += len(due)
             if len(due) < self.batch:
                 break
