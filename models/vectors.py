@@ -98,6 +98,9 @@ class _Scope:
         self.changes = 0  # changes to `exact` so far
         self.saved: int | None = None  # the `changes` value the scope's file reflects
         self.checked_at = -math.inf  # monotonic time of the last full reconcile
+        # (max_seq, count, cached keys) when a reconcile found the source's stats disagreeing with
+        # its rows (a drifted counts table): the same triple again means nothing changed since.
+        self.drift: tuple[int, int, int] | None = None
         self.queued = False
         self.gone = False  # evicted or dropped: a new _Scope serves the name
         self.dropped = False
@@ -137,14 +140,19 @@ class ScopedVectors:
 
     # --- the interface -------------------------------------------------------------------------
 
-    def search(self, scope: str, query: NDArray[np.float32], k: int) -> list[tuple[int, float]]:
+    def search(
+        self, scope: str, query: NDArray[np.float32], k: int, stats: tuple[int, int] | None = None
+    ) -> list[tuple[int, float]]:
+        """The k nearest (key, cosine), best first. `stats` is the source's (max_seq, count) for
+        the scope when the caller has just read it in its own transaction (one query for several
+        scopes); without it the cache asks the source."""
         q = self._vector(query)
         while True:
             s = self._get(scope)
             with s.lock:
                 if s.gone:  # evicted between lookup and lock: serve from its successor
                     continue
-                self._catch_up(s)
+                self._catch_up(s, stats)
                 store = s.hnsw if s.hnsw is not None else s.exact
                 assert store is not None
                 return store.search(q, k) if k > 0 else []
@@ -252,8 +260,8 @@ class ScopedVectors:
         with self._lock:
             return self._scopes.get(name)
 
-    def _catch_up(self, s: _Scope) -> None:
-        max_seq, count = self._source.stats(s.name)
+    def _catch_up(self, s: _Scope, stats: tuple[int, int] | None = None) -> None:
+        max_seq, count = self._source.stats(s.name) if stats is None else stats
         s.max_seq = max_seq
         if s.exact is None:
             s.exact = ExactStore(self._dim, count)  # preallocated: no copies while it fills
@@ -262,8 +270,11 @@ class ScopedVectors:
         elif max_seq > s.watermark:
             self._apply(s, self._source.rows_after(s.name, s.watermark))
         stale = time.monotonic() - s.checked_at >= self._verify_every
-        if len(s.exact) != count or max_seq < s.watermark or stale:
-            self._reconcile(s)
+        disagree = len(s.exact) != count or max_seq < s.watermark
+        if disagree and s.drift == (max_seq, count, len(s.exact)):
+            disagree = False  # the drift the last reconcile saw, and nothing has changed since
+        if disagree or stale:
+            self._reconcile(s, max_seq, count)
         self._fit(s)
 
     def _apply(self, s: _Scope, rows: Iterable[tuple[int, bytes]]) -> None:
@@ -302,7 +313,7 @@ class ScopedVectors:
         if s.hnsw is not None:
             s.hnsw.remove(gone)
 
-    def _reconcile(self, s: _Scope) -> None:
+    def _reconcile(self, s: _Scope, max_seq: int, count: int) -> None:
         assert s.exact is not None
         live = np.asarray(self._source.all_keys(s.name), np.int64)
         have = s.exact.key_array()
@@ -318,7 +329,21 @@ class ScopedVectors:
         # have been deleted); lowering it keeps the next catch-up at one stats call.
         s.watermark = int(live.max()) if len(live) else 0
         s.checked_at = time.monotonic()
-        log.debug("reconciled scope: %d stale keys removed, %d missed rows added", len(extra), len(missing))
+        # Stats that still disagree with the rows just read are remembered, so that a drifted
+        # counts table costs one reconcile per change instead of one per search. Two commits
+        # landing between the stats and the key read look the same; the next search's stats then
+        # differ again and reconcile once more.
+        drifted = count != len(live) or max_seq < s.watermark
+        s.drift = (max_seq, count, len(s.exact)) if drifted else None
+        log.debug(
+            "reconciled scope %s: %d stale keys removed, %d missed rows added; stats (%d, %d) for %d rows",
+            s.name,
+            len(extra),
+            len(missing),
+            max_seq,
+            count,
+            len(live),
+        )
 
     def _fit(self, s: _Scope) -> None:
         """Queue the worker if the scope needs an index, an index catch-up or a save; shrink."""

@@ -250,6 +250,35 @@ def test_missed_row_hidden_by_an_equal_count_is_found_by_the_periodic_check(
     assert top_key(vs, "s", late) == 9
 
 
+class DriftedSource(DictSource):
+    """A counts table that has drifted: it reports two rows fewer and a stale highest seq."""
+
+    def stats(self, scope: str) -> tuple[int, int]:
+        max_seq, count = super().stats(scope)
+        return max(0, max_seq - 100), max(0, count - 2)
+
+
+def test_drifted_counts_cost_one_reconcile_per_change_not_one_per_search(rng: np.random.Generator) -> None:
+    src = DriftedSource()
+    vecs = unit(rng, 30)
+    keys = fill(src, "s", vecs)
+    vs = ScopedVectors(dim=DIM, source=src, directory=None)
+    assert top_key(vs, "s", vecs[3]) == keys[3]
+    assert src.calls["all_keys"] == 1  # the first search finds the counts off and reconciles
+    for i in range(5):
+        assert top_key(vs, "s", vecs[i]) == keys[i]
+    assert src.calls["all_keys"] == 1  # nothing changed since: the drift is known, not re-checked
+    late = unit(rng, 1)[0]
+    seq = src.insert("s", late)  # another process writes: the stats move, so the cache looks again
+    assert top_key(vs, "s", late) == seq
+    src.delete("s", [keys[0]])
+    assert keys[0] not in {k for k, _ in vs.search("s", vecs[0], 100)}
+    assert len(vs.search("s", vecs[0], 100)) == 30
+    calls = src.calls["all_keys"]
+    vs.search("s", vecs[1], 3)
+    assert src.calls["all_keys"] == calls
+
+
 def test_large_scope_switches_to_hnsw_with_recall_at_10_of_at_least_099(
     big: Big, tmp_path: Path, make: Callable[..., ScopedVectors]
 ) -> None:
