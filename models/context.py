@@ -70,7 +70,7 @@ class Contexts:
     ) -> ContextResult:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         budget = min(max_tokens, self.limits.context_max_tokens)
-        with self.db.read() as conn:
+        with self.db.read() as conn:  # one snapshot for every section
             session = self.sessions.local(conn, session_id, owner)
             state_rows = list(
                 conn.execute(
@@ -78,24 +78,29 @@ class Contexts:
                 ).mappings()
             )
             messages = self.histories.recent(conn, session_id, None, max_items)
-        sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
-        vector = self.embedder.embed_one(cleaned)  # once, for every store searched below
-        for name, memory_type in (("long_term_memory", "long"), ("session_memory", "short")):
-            scope = scope_of(memory_type, session)  # type: ignore[arg-type]
-            for hit in self.memory.search_scopes([scope], cleaned, max_items, vector):
-                item = ContextItem(section=name, source_id=hit.memory_id, text=hit.text, score=hit.score)  # type: ignore[arg-type]
-                sections[name].append(_Candidate(item, f"- {hit.text}"))
-        if self.knowledge is not None and not session.agent_url:
-            for passage in self.knowledge.search_scopes(
-                scopes_of(session), cleaned, max_items, "hybrid", vector
-            ):
-                where = f"{passage.title}, p. {passage.page}" if passage.page is not None else passage.title
-                item = ContextItem(
-                    section="knowledge", source_id=passage.chunk_id, text=passage.text, score=passage.score
-                )
-                sections["knowledge"].append(
-                    _Candidate(item, f"- [{where}] {' '.join(passage.text.split())}")
-                )
+            sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
+            vector = self.embedder.embed_one(cleaned)  # once, for every store searched below
+            for name, memory_type in (("long_term_memory", "long"), ("session_memory", "short")):
+                scope = scope_of(memory_type, session)  # type: ignore[arg-type]
+                for hit in self.memory.search_scopes(conn, [scope], cleaned, max_items, vector):
+                    item = ContextItem(section=name, source_id=hit.memory_id, text=hit.text, score=hit.score)  # type: ignore[arg-type]
+                    sections[name].append(_Candidate(item, f"- {hit.text}"))
+            if self.knowledge is not None and not session.agent_url:
+                for passage in self.knowledge.search_scopes(
+                    conn, scopes_of(session), cleaned, max_items, "hybrid", vector
+                ):
+                    where = (
+                        f"{passage.title}, p. {passage.page}" if passage.page is not None else passage.title
+                    )
+                    item = ContextItem(
+                        section="knowledge",
+                        source_id=passage.chunk_id,
+                        text=passage.text,
+                        score=passage.score,
+                    )
+                    sections["knowledge"].append(
+                        _Candidate(item, f"- [{where}] {' '.join(passage.text.split())}")
+                    )
         words = {w for w in cleaned.lower().split() if len(w) > 2}
         # State keys the query mentions come first, then the most recently changed.
         state_rows.sort(key=lambda r: 0 if any(w in r["key"].lower() for w in words) else 1)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import bindparam, text
+from sqlalchemy import Connection, bindparam, text
 
-from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ranking import fts5_query, fuse, keywords
+from session_mcp.models.rowvectors import RowVectors
 from session_mcp.models.vectors import ScopedVectors
 
 
@@ -22,11 +23,11 @@ class FullText:
 
     table: str
 
-    def scores(self, db: Database, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
+    def scores(self, conn: Connection, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
         # One query for all scopes: the match is global and filtered by scope afterwards, so a
         # query per scope would score every matching row once per scope.
         fts = f"{self.table}_fts"
-        if db.is_sqlite:
+        if conn.dialect.name == "sqlite":
             sql = text(
                 f"SELECT r.seq, -bm25({fts}) FROM {fts} JOIN {self.table} r ON r.seq = {fts}.rowid "
                 f"WHERE {fts} MATCH :q AND r.scope IN :scopes ORDER BY bm25({fts}) LIMIT :k"
@@ -39,35 +40,45 @@ class FullText:
             )
             query = " or ".join(words)
         params: dict[str, Any] = {"q": query, "scopes": scopes, "k": k * len(scopes)}
-        with db.read() as conn:
-            rows = conn.execute(sql.bindparams(bindparam("scopes", expanding=True)), params)
-            return {int(seq): float(score) for seq, score in rows}
+        rows = conn.execute(sql.bindparams(bindparam("scopes", expanding=True)), params)
+        return {int(seq): float(score) for seq, score in rows}
 
 
 class Hybrid:
-    def __init__(self, db: Database, embedder: Embedder, vectors: ScopedVectors, fulltext: FullText) -> None:
-        self.db = db
+    """Ranks inside the caller's read transaction: the cache catch-up, the full-text query and
+    the caller's row fetch all see one snapshot, on one pooled connection."""
+
+    def __init__(
+        self, embedder: Embedder, vectors: ScopedVectors, rows: RowVectors, fulltext: FullText
+    ) -> None:
         self.embedder = embedder
         self.vectors = vectors
+        self.rows = rows
         self.fulltext = fulltext
 
     def rank(
         self,
+        conn: Connection,
         scopes: list[str],
         query: str,
         limit: int,
         dense_weight: float,
-        vector: NDArray[np.float32] | None = None,
+        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
     ) -> list[tuple[int, float]]:
         """The best `2 * limit` (seq, score) candidates, best first; the caller joins them to rows,
         which drops any the caches still hold after a delete. Pass `vector` when the query is
-        already embedded (get_context searches several stores with one query)."""
+        already embedded (get_context searches several stores with one query), or being embedded
+        (`Embedder.embed_soon`): the SQL below then runs while the model does."""
         candidates = max(limit * 5, 50)
+        if dense_weight > 0 and vector is None:
+            vector = self.embedder.embed_soon(query)
+        words = keywords(query) if dense_weight < 1 else []
+        keyword = self.fulltext.scores(conn, scopes, words, candidates) if words else {}
         dense: dict[int, float] = {}
         if dense_weight > 0:
-            vector = self.embedder.embed_one(query) if vector is None else vector
+            source = self.rows.reader(conn, scopes)  # every scope's freshness in one query
+            assert vector is not None
+            query_vector = vector.result() if isinstance(vector, Future) else vector
             for scope in scopes:
-                dense.update(self.vectors.search(scope, vector, candidates))
-        words = keywords(query) if dense_weight < 1 else []
-        keyword = self.fulltext.scores(self.db, scopes, words, candidates) if words else {}
+                dense.update(self.vectors.search(scope, query_vector, candidates, source))
         return fuse(dense, keyword, dense_weight)[: limit * 2]

@@ -50,6 +50,7 @@ from session_mcp.models.ingestion import (
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import clean_text
 from session_mcp.models.ranking import DENSE_WEIGHT
+from session_mcp.models.rowvectors import RowVectors
 from session_mcp.models.schemas import (
     KnowledgeAdded,
     KnowledgeDeleted,
@@ -87,6 +88,7 @@ class Knowledge:
         sessions: Sessions,
         embedder: Embedder,
         vectors: ScopedVectors,
+        rows: RowVectors,
         clock: Clock,
         limits: Limits,
         config: KnowledgeConfig,
@@ -96,7 +98,7 @@ class Knowledge:
         self.sessions = sessions
         self.embedder = embedder
         self.vectors = vectors
-        self.hybrid = Hybrid(db, embedder, vectors, FullText("chunks"))
+        self.hybrid = Hybrid(embedder, vectors, rows, FullText("chunks"))
         self.clock = clock
         self.limits = limits
         self.config = config
@@ -105,15 +107,20 @@ class Knowledge:
 
     # -- guards -----------------------------------------------------------------------------------
 
-    def _session(self, session_id: str, owner: str | None, *, write: bool) -> SessionRow:
-        """The session, checked the way `writable` will check it at commit, without writing yet."""
-        with self.db.read() as conn:
-            session = self.sessions.readable(conn, session_id, owner)
+    def _readable(self, conn: Connection, session_id: str, owner: str | None) -> SessionRow:
+        """The session, readable by `owner` and local (knowledge of a remote one is the agent's)."""
+        session = self.sessions.readable(conn, session_id, owner)
         if session.agent_url:
             raise LocalOnly(
                 f"session '{session_id}' talks to a remote agent at {session.agent_url}; its knowledge "
                 "lives on the agent's side, so use a local session for knowledge_* tools"
             )
+        return session
+
+    def _session(self, session_id: str, owner: str | None, *, write: bool) -> SessionRow:
+        """The session, checked the way `writable` will check it at commit, without writing yet."""
+        with self.db.read() as conn:
+            session = self._readable(conn, session_id, owner)
         if write:
             now = self.clock.now()
             expires = from_db(session.expires_at) if session.expires_at is not None else None
@@ -314,21 +321,24 @@ class Knowledge:
         owner: str | None = None,
     ) -> KnowledgeResults:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
-        session = self._session(session_id, owner, write=False)
-        return KnowledgeResults(results=self.search_scopes(scopes_of(session), cleaned, limit, mode))
+        with self.db.read() as conn:
+            session = self._readable(conn, session_id, owner)
+            hits = self.search_scopes(conn, scopes_of(session), cleaned, limit, mode)
+        return KnowledgeResults(results=hits)
 
     def search_scopes(
         self,
+        conn: Connection,
         scopes: list[str],
         query: str,
         limit: int,
         mode: SearchMode = "hybrid",
         vector: NDArray[np.float32] | None = None,
     ) -> list[KnowledgeHit]:
+        """Search inside the caller's read transaction."""
         weight = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}[mode]
-        ranked = self.hybrid.rank(scopes, query, limit, weight, vector)
-        with self.db.read() as conn:
-            rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
+        ranked = self.hybrid.rank(conn, scopes, query, limit, weight, vector)
+        rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
         hits = []
         for seq, score in ranked:
             row = rows.get(seq)

@@ -76,6 +76,7 @@ class SessionLayer:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
         migrate(self.db)
+        self._owns_embedder = embedder is None
         self.embedder = embedder or Embedder(
             model_path=config.model_path,
             tokenizer_path=config.tokenizer_path,
@@ -83,23 +84,27 @@ class SessionLayer:
             threads=config.embedding_threads,
             variant=config.embedding_variant,
         )
+        memory_rows = RowVectors(self.db, MEMORIES, MEMORY_COUNTS)
+        chunk_rows = RowVectors(self.db, CHUNKS)
         self.vectors = ScopedVectors(
             dim=self.embedder.dim,
-            source=RowVectors(self.db, MEMORIES, MEMORY_COUNTS),
+            source=memory_rows,
             directory=config.data_dir / "indexes" / _database_key(self.db.url),
             exact_below=config.exact_search_below,
         )
         # Chunks get caches of their own: a knowledge scope and a memory scope never share an index.
         self.knowledge_vectors = ScopedVectors(
             dim=self.embedder.dim,
-            source=RowVectors(self.db, CHUNKS),
+            source=chunk_rows,
             directory=config.data_dir / "indexes" / _database_key(self.db.url) / "knowledge",
             exact_below=config.exact_search_below,
         )
         self.agents = AgentClient(config.outbound, config.agent_max_response_bytes)
         self.sessions = Sessions(self.db, self.clock, limits, self.agents)
         self.state = State(self.db, self.sessions, self.clock, limits)
-        self.memory = Memory(self.db, self.sessions, self.embedder, self.vectors, self.clock, limits)
+        self.memory = Memory(
+            self.db, self.sessions, self.embedder, self.vectors, memory_rows, self.clock, limits
+        )
         self.history = Histories(self.db, self.sessions, self.clock, limits)
         self.remote = RemoteChats(self.db, self.sessions, self.history, self.agents, limits)
         self.knowledge = Knowledge(
@@ -107,6 +112,7 @@ class SessionLayer:
             self.sessions,
             self.embedder,
             self.knowledge_vectors,
+            chunk_rows,
             self.clock,
             limits,
             config.knowledge,
@@ -120,6 +126,8 @@ class SessionLayer:
     def close(self) -> None:
         self.vectors.close()
         self.knowledge_vectors.close()
+        if self._owns_embedder:
+            self.embedder.close()
         self.db.close()
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import unicodedata
 import uuid
+from concurrent.futures import Future
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +22,7 @@ from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotF
 from session_mcp.models.hybrid import FullText, Hybrid
 from session_mcp.models.limits import Limits
 from session_mcp.models.ranking import DENSE_WEIGHT
+from session_mcp.models.rowvectors import RowVectors
 from session_mcp.models.schemas import (
     Cleared,
     MemoryAdded,
@@ -78,6 +80,7 @@ class Memory:
         sessions: Sessions,
         embedder: Embedder,
         vectors: ScopedVectors,
+        rows: RowVectors,
         clock: Clock,
         limits: Limits,
     ) -> None:
@@ -88,7 +91,7 @@ class Memory:
         self.clock = clock
         self.limits = limits
         self.dense_weight = DENSE_WEIGHT
-        self.hybrid = Hybrid(db, embedder, vectors, FullText("memories"))
+        self.hybrid = Hybrid(embedder, vectors, rows, FullText("memories"))
 
     def add(
         self,
@@ -146,16 +149,23 @@ class Memory:
         owner: str | None = None,
     ) -> MemoryResults:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
+        vector = self.embedder.embed_soon(cleaned)  # computed while the session is checked
         with self.db.read() as conn:
             session = self.sessions.local(conn, session_id, owner)
-        return MemoryResults(results=self.search_scopes(scopes_for(memory_type, session), cleaned, limit))
+            hits = self.search_scopes(conn, scopes_for(memory_type, session), cleaned, limit, vector)
+        return MemoryResults(results=hits)
 
     def search_scopes(
-        self, scopes: list[str], query: str, limit: int, vector: NDArray[np.float32] | None = None
+        self,
+        conn: Connection,
+        scopes: list[str],
+        query: str,
+        limit: int,
+        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
     ) -> list[MemoryHit]:
-        ranked = self.hybrid.rank(scopes, query, limit, self.dense_weight, vector)
-        with self.db.read() as conn:
-            rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
+        """Search inside the caller's read transaction."""
+        ranked = self.hybrid.rank(conn, scopes, query, limit, self.dense_weight, vector)
+        rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
         hits = []
         for seq, score in ranked:
             row = rows.get(seq)

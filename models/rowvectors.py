@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Connection, Table, func, select
 
 from session_mcp.models.database import Database
 
@@ -12,38 +12,72 @@ from session_mcp.models.database import Database
 class RowVectors:
     """Memories and knowledge chunks both keep `scope`, `seq` and `embedding` columns; this serves
     either to models/vectors.py. `counts` is a table of (scope, row_count, max_seq) kept in each
-    write's transaction: with it, the per-search freshness check is one primary-key read."""
+    write's transaction: with it, the per-search freshness check is one primary-key read.
+
+    Its own methods each read in a transaction of their own (the index worker uses them);
+    `reader(conn)` is the same source inside a caller's transaction, which is how a search reads
+    its session, full text, cache catch-up and rows from one snapshot on one connection."""
 
     def __init__(self, db: Database, table: Table, counts: Table | None = None) -> None:
         self.db = db
         self.table = table
         self.counts = counts
 
+    def reader(self, conn: Connection, scopes: Iterable[str] = ()) -> RowReader:
+        """A VectorSource on `conn`, with the stats of `scopes` read up front in one query."""
+        return RowReader(self, conn, list(scopes))
+
     def stats(self, scope: str) -> tuple[int, int]:
         with self.db.read() as conn:
-            if self.counts is not None:
-                counted = self.counts.c
-                row = conn.execute(
-                    select(counted.max_seq, counted.row_count).where(counted.scope == scope)
-                ).first()
-                return (0, 0) if row is None else (int(row[0]), int(row[1]))
-            rows = self.table.c
-            found = conn.execute(select(func.max(rows.seq), func.count()).where(rows.scope == scope)).one()
-            return int(found[0] or 0), int(found[1])
+            return self.reader(conn).stats(scope)
+
+    def rows_after(self, scope: str, after_seq: int) -> Iterator[tuple[int, bytes]]:
+        with self.db.read() as conn:
+            yield from self.reader(conn).rows_after(scope, after_seq)
+
+    def all_keys(self, scope: str) -> Sequence[int]:
+        with self.db.read() as conn:
+            return self.reader(conn).all_keys(scope)
+
+
+class RowReader:
+    """RowVectors inside one open transaction."""
+
+    def __init__(self, rows: RowVectors, conn: Connection, scopes: list[str]) -> None:
+        self._rows = rows
+        self._conn = conn
+        self._stats = self._read_stats(scopes) if scopes else {}
+
+    def _read_stats(self, scopes: list[str]) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = dict.fromkeys(scopes, (0, 0))
+        if self._rows.counts is not None:
+            c = self._rows.counts.c
+            query = select(c.scope, c.max_seq, c.row_count).where(c.scope.in_(scopes))
+        else:
+            r = self._rows.table.c
+            query = (
+                select(r.scope, func.max(r.seq), func.count()).where(r.scope.in_(scopes)).group_by(r.scope)
+            )
+        for scope, max_seq, count in self._conn.execute(query):
+            found[scope] = (int(max_seq or 0), int(count))
+        return found
+
+    def stats(self, scope: str) -> tuple[int, int]:
+        known = self._stats.get(scope)
+        return known if known is not None else self._read_stats([scope])[scope]
 
     def rows_after(self, scope: str, after_seq: int) -> Iterator[tuple[int, bytes]]:
         # Streamed in pages: rebuilding a 100k-row scope never holds every vector twice.
-        rows = self.table.c
-        with self.db.read() as conn:
-            result = conn.execution_options(yield_per=1024).execute(
-                select(rows.seq, rows.embedding)
-                .where(rows.scope == scope, rows.seq > after_seq)
-                .order_by(rows.seq)
-            )
-            for seq, vector in result:
-                yield int(seq), bytes(vector)
+        rows = self._rows.table.c
+        result = self._conn.execute(
+            select(rows.seq, rows.embedding)
+            .where(rows.scope == scope, rows.seq > after_seq)
+            .order_by(rows.seq)
+            .execution_options(yield_per=1024)
+        )
+        for seq, vector in result:
+            yield int(seq), bytes(vector)
 
     def all_keys(self, scope: str) -> Sequence[int]:
-        rows = self.table.c
-        with self.db.read() as conn:
-            return [int(s) for (s,) in conn.execute(select(rows.seq).where(rows.scope == scope))]
+        rows = self._rows.table.c
+        return [int(s) for (s,) in self._conn.execute(select(rows.seq).where(rows.scope == scope))]

@@ -141,18 +141,18 @@ class ScopedVectors:
     # --- the interface -------------------------------------------------------------------------
 
     def search(
-        self, scope: str, query: NDArray[np.float32], k: int, stats: tuple[int, int] | None = None
+        self, scope: str, query: NDArray[np.float32], k: int, source: VectorSource | None = None
     ) -> list[tuple[int, float]]:
-        """The k nearest (key, cosine), best first. `stats` is the source's (max_seq, count) for
-        the scope when the caller has just read it in its own transaction (one query for several
-        scopes); without it the cache asks the source."""
+        """The k nearest (key, cosine), best first, after catching the scope up. `source` is the
+        database as the caller's open transaction sees it (so one search reads one snapshot on
+        one connection); without it the cache reads through its own source."""
         q = self._vector(query)
         while True:
             s = self._get(scope)
             with s.lock:
                 if s.gone:  # evicted between lookup and lock: serve from its successor
                     continue
-                self._catch_up(s, stats)
+                self._catch_up(s, source or self._source)
                 store = s.hnsw if s.hnsw is not None else s.exact
                 assert store is not None
                 return store.search(q, k) if k > 0 else []
@@ -260,21 +260,21 @@ class ScopedVectors:
         with self._lock:
             return self._scopes.get(name)
 
-    def _catch_up(self, s: _Scope, stats: tuple[int, int] | None = None) -> None:
-        max_seq, count = self._source.stats(s.name) if stats is None else stats
+    def _catch_up(self, s: _Scope, source: VectorSource) -> None:
+        max_seq, count = source.stats(s.name)
         s.max_seq = max_seq
         if s.exact is None:
             s.exact = ExactStore(self._dim, count)  # preallocated: no copies while it fills
             s.watermark, s.checked_at = 0, time.monotonic()
-            self._apply(s, self._source.rows_after(s.name, 0))
+            self._apply(s, source.rows_after(s.name, 0))
         elif max_seq > s.watermark:
-            self._apply(s, self._source.rows_after(s.name, s.watermark))
+            self._apply(s, source.rows_after(s.name, s.watermark))
         stale = time.monotonic() - s.checked_at >= self._verify_every
         disagree = len(s.exact) != count or max_seq < s.watermark
         if disagree and s.drift == (max_seq, count, len(s.exact)):
             disagree = False  # the drift the last reconcile saw, and nothing has changed since
         if disagree or stale:
-            self._reconcile(s, max_seq, count)
+            self._reconcile(s, source, max_seq, count)
         self._fit(s)
 
     def _apply(self, s: _Scope, rows: Iterable[tuple[int, bytes]]) -> None:
@@ -313,9 +313,9 @@ class ScopedVectors:
         if s.hnsw is not None:
             s.hnsw.remove(gone)
 
-    def _reconcile(self, s: _Scope, max_seq: int, count: int) -> None:
+    def _reconcile(self, s: _Scope, source: VectorSource, max_seq: int, count: int) -> None:
         assert s.exact is not None
-        live = np.asarray(self._source.all_keys(s.name), np.int64)
+        live = np.asarray(source.all_keys(s.name), np.int64)
         have = s.exact.key_array()
         extra = np.setdiff1d(have, live)
         if len(extra):
@@ -323,7 +323,7 @@ class ScopedVectors:
         missing = np.setdiff1d(live, have)
         if len(missing):
             wanted = set(missing.tolist())
-            rows = self._source.rows_after(s.name, int(missing[0]) - 1)
+            rows = source.rows_after(s.name, int(missing[0]) - 1)
             self._apply(s, ((seq, blob) for seq, blob in rows if seq in wanted))
         # Seqs are never reused, so the newest live key is a safe watermark (the newest rows may
         # have been deleted); lowering it keeps the next catch-up at one stats call.

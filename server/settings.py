@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     tokenizer_path: Path | None = Field(
         default=None, description="a tokenizer.json to use instead of the bundled one"
     )
-    embedding_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0: its default")
+    embedding_threads: int = Field(
+        default=0,
+        ge=0,
+        description="batches embedded at once, one thread each; 0: the CPUs available, at most 8",
+    )
     embedding_variant: EmbeddingVariant = Field(
         default=cast(EmbeddingVariant, DEFAULT_VARIANT),
         description="how the bundled model runs (see README, Embeddings)",

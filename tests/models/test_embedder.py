@@ -94,8 +94,30 @@ def test_batch_result_equals_one_by_one(embedder: Embedder, cache_dir: Path) -> 
     one_by_one = numpy.stack([embedder.embed_one(t) for t in MIXED])
     assert one_by_one.shape == (len(MIXED), DIM)
     small_batches = Embedder(cache_dir=cache_dir, variant="fp32", batch_size=3)
-    for batched in (embedder.embed(MIXED), small_batches.embed(MIXED)):
+    token_budget = Embedder(cache_dir=cache_dir, variant="fp32", batch_tokens=40)  # long texts run alone
+    for batched in (embedder.embed(MIXED), small_batches.embed(MIXED), token_budget.embed(MIXED)):
         assert cosines(batched, one_by_one).min() > 0.999
+
+
+def test_batches_embedded_side_by_side_equal_the_serial_result(cache_dir: Path) -> None:
+    texts = MIXED * 8
+    serial = Embedder(cache_dir=cache_dir, variant="fp32", batch_size=3, threads=1)
+    parallel = Embedder(cache_dir=cache_dir, variant="fp32", batch_size=3, threads=4)
+
+    def batch_threads() -> int:
+        return sum(t.name.startswith("session-mcp-embed_") for t in threading.enumerate())
+
+    try:
+        expected = serial.embed(texts)
+        before = batch_threads()  # other embedders' threads (the module's fixture) stay
+        got = parallel.embed(texts)
+        assert batch_threads() > before
+        assert cosines(got, expected).min() > 0.99999
+        parallel.close()
+        assert batch_threads() == before
+        assert cosines(parallel.embed(texts[:7]), expected[:7]).min() > 0.99999  # usable after close
+    finally:
+        parallel.close()
 
 
 def test_long_text_is_truncated_not_rejected(embedder: Embedder) -> None:
