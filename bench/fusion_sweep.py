@@ -29,8 +29,9 @@ from typing import Any
 from locomo import DEFAULT_DATA, evidence_ids, load, score
 from sqlalchemy import text
 
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
-from session_mcp.models.layer import LayerConfig, SessionLayer
+from session_mcp.models.layer import SessionLayer
 from session_mcp.models.memory import clean_text
 from session_mcp.models.ranking import STOPWORDS, fts5_query, keywords
 

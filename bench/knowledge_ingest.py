@@ -57,9 +57,10 @@ from fpdf import FPDF
 from pypdf import PdfReader
 
 import session_mcp.models.ingestion as ingestion
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ingestion import KnowledgeConfig
-from session_mcp.models.layer import LayerConfig, SessionLayer
+from session_mcp.models.layer import SessionLayer
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "knowledge_ingest.json"

@@ -65,9 +65,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ingestion import KnowledgeConfig
-from session_mcp.models.layer import LayerConfig, SessionLayer
+from session_mcp.models.layer import SessionLayer
 from session_mcp.models.ranking import keywords
 
 HERE = Path(__file__).resolve().parent

@@ -76,8 +76,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text as sql
 
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
-from session_mcp.models.layer import LayerConfig, SessionLayer
+from session_mcp.models.layer import SessionLayer
 from session_mcp.models.ranking import fts5_query, keywords
 from session_mcp.models.tables import ChunkRow, DocumentRow
 

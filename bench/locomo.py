@@ -19,8 +19,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
-from session_mcp.models.layer import LayerConfig, SessionLayer
+from session_mcp.models.layer import SessionLayer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo-dev.json"
 

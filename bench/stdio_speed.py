@@ -311,8 +311,9 @@ def populate(
     """
     from sqlalchemy import func, select
 
+    from session_mcp.models.config import LayerConfig
     from session_mcp.models.errors import SessionNotFound
-    from session_mcp.models.layer import LayerConfig, SessionLayer
+    from session_mcp.models.layer import SessionLayer
     from session_mcp.models.memory import count_rows
     from session_mcp.models.tables import MemoryRow
 

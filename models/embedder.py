@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 import numpy
 import numpy.typing as npt
@@ -19,6 +19,7 @@ import numpy.typing as npt
 # onnxruntime 1.32 segfault while creating a session. vectors.py imports this module first.
 import onnxruntime
 
+from session_mcp.models.config import DEFAULT_VARIANT, VARIANTS
 from session_mcp.models.errors import EngineError
 
 DIM: Final[int] = 384
@@ -31,11 +32,6 @@ here. Measured with int8-dynamic on two threads, budgets of 128 to 4096 tokens: 
 fastest (79 long texts/s against 53 at 4096 and 44 for plain batches of 32; 1850 short texts/s
 against 1743 at 1024) and peaked lowest, at 217 MB for the whole process against 526 MB at 2048."""
 
-Variant = Literal["fp32", "int8-dynamic", "as-shipped"]
-VARIANTS: Final[tuple[str, ...]] = get_args(Variant)
-DEFAULT_VARIANT: Final[str] = "int8-dynamic"
-"""fp32 reproduces the shipped model exactly; int8-dynamic is 1.6-1.9x as fast at a mean cosine of
-~0.994 to it (bench/embed_speed.py). Chosen finally by the retrieval benchmark."""
 
 PACKAGED_MODEL_SHA256: Final[str] = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 

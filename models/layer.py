@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from session_mcp.models.clock import Clock, SystemClock
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.context import Contexts
 from session_mcp.models.database import Database
-from session_mcp.models.embedder import DEFAULT_VARIANT, Embedder
+from session_mcp.models.embedder import Embedder
 from session_mcp.models.history import Histories
-from session_mcp.models.ingestion import Fetch, KnowledgeConfig, url_fetcher
+from session_mcp.models.ingestion import Fetch, url_fetcher
 from session_mcp.models.knowledge import Knowledge
-from session_mcp.models.limits import Limits
 from session_mcp.models.memory import Memory
 from session_mcp.models.migrations import migrate
-from session_mcp.models.outbound import URL_DEFAULT_ALLOW, OutboundPolicy, Resolver, system_resolver
 from session_mcp.models.remote import AgentClient, RemoteChats
 from session_mcp.models.rowvectors import RowVectors
 from session_mcp.models.sessions import Sessions
@@ -25,38 +22,9 @@ from session_mcp.models.sweeper import Sweeper
 from session_mcp.models.tables import ChunkRow, MemoryRow, MemoryScopeRow
 from session_mcp.models.vectors import ScopedVectors
 
-
-def default_url_policy(
-    allow: str = URL_DEFAULT_ALLOW, resolver: Resolver = system_resolver
-) -> OutboundPolicy:
-    """URL ingestion's policy: `public` (every global address) unless the allow list says otherwise."""
-    return OutboundPolicy(
-        allow, resolver=resolver, setting="SESSION_MCP_URL_ALLOW", user_agent="session-mcp (knowledge_add)"
-    )
-
-
 MEMORIES = MemoryRow.__table__  # type: ignore[attr-defined]
 MEMORY_COUNTS = MemoryScopeRow.__table__  # type: ignore[attr-defined]
 CHUNKS = ChunkRow.__table__  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class LayerConfig:
-    database_url: str
-    data_dir: Path
-    model_path: Path | None = None
-    tokenizer_path: Path | None = None
-    embedding_threads: int = 0
-    embedding_variant: str = DEFAULT_VARIANT
-    exact_search_below: int = 20_000
-    sqlite_synchronous: str = "FULL"
-    limits: Limits = field(default_factory=Limits)
-    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
-    # Remote agents: which hosts session_create(agent_url=...) may reach, and with what credentials.
-    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
-    agent_max_response_bytes: int = 1_048_576
-    # URL ingestion: which hosts knowledge_add may fetch; public addresses only unless listed.
-    url_policy: OutboundPolicy = field(default_factory=default_url_policy)
 
 
 class SessionLayer:

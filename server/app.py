@@ -6,18 +6,22 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 
 from session_mcp.models.clock import Clock
-from session_mcp.models.embedder import Embedder
-from session_mcp.models.layer import SessionLayer
 from session_mcp.server.errors import error_codes, resource_errors, tool_errors
 from session_mcp.server.settings import Settings
 from session_mcp.tools import ALL_TOOLS
+from session_mcp.tools.caller import LayerSlot
 from session_mcp.tools.resources import PROMPTS, RESOURCES
+
+if TYPE_CHECKING:  # the engines behind these load in the background once serving (see LayerSlot)
+    from session_mcp.models.embedder import Embedder
+    from session_mcp.models.layer import SessionLayer
 
 log = logging.getLogger("session_mcp.server")
 
@@ -38,9 +42,14 @@ async def running_layer(
     settings: Settings, *, clock: Clock | None = None, embedder: Embedder | None = None
 ) -> AsyncIterator[SessionLayer]:
     """The session layer with its sweeper (and the model warming) running; closed on the way out."""
-    layer = await anyio.to_thread.run_sync(
-        lambda: SessionLayer(settings.layer_config(), clock=clock, embedder=embedder)
-    )
+
+    def build() -> SessionLayer:
+        from session_mcp.models.layer import SessionLayer  # SQLAlchemy, numpy, onnxruntime, usearch
+
+        return SessionLayer(settings.layer_config(), clock=clock, embedder=embedder)
+
+    with anyio.CancelScope(shield=True):  # a layer built is always closed, even if shutdown came first
+        layer = await anyio.to_thread.run_sync(build)
     log.info("session layer open")
     try:
         async with anyio.create_task_group() as tasks:
@@ -51,8 +60,23 @@ async def running_layer(
             yield layer
             tasks.cancel_scope.cancel()
     finally:
-        await anyio.to_thread.run_sync(layer.close)
+        with anyio.CancelScope(shield=True):  # also when the owner was cancelled (_keep_layer)
+            await anyio.to_thread.run_sync(layer.close)
         log.info("session layer closed")
+
+
+async def _keep_layer(
+    settings: Settings, slot: LayerSlot, clock: Clock | None, embedder: Embedder | None
+) -> None:
+    """Build the layer into `slot` and keep it running until cancelled; a failure fills the slot
+    with its reason, which every tool call then reports."""
+    try:
+        async with running_layer(settings, clock=clock, embedder=embedder) as layer:
+            slot.fill(layer)
+            await anyio.sleep_forever()
+    except Exception as exc:
+        log.exception("the session layer could not start")
+        slot.fail(str(exc) or type(exc).__name__)
 
 
 def build_server(
@@ -61,22 +85,28 @@ def build_server(
     clock: Clock | None = None,
     embedder: Embedder | None = None,
     shared_layer: Callable[[], SessionLayer] | None = None,
-) -> MCPServer[SessionLayer]:
+) -> MCPServer[LayerSlot]:
     """Build the server. Tests pass a clock and a shared embedder; production passes neither.
 
     Without `shared_layer` each run of the server (stdio, the in-memory client) builds and closes
-    its own layer. The HTTP app passes one: it runs a single layer for the whole process, because
-    the SSE transport enters the server's lifespan once per connection."""
+    its own layer, in the background: the lifespan yields at once, so the handshake and tools/list
+    are answered while the database opens and the engines import. The HTTP app passes one: it runs
+    a single layer for the whole process, because the SSE transport enters the server's lifespan
+    once per connection."""
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer[SessionLayer]) -> AsyncIterator[SessionLayer]:
+    async def lifespan(_: MCPServer[LayerSlot]) -> AsyncIterator[LayerSlot]:
+        slot = LayerSlot()
         if shared_layer is not None:
-            yield shared_layer()
+            slot.fill(shared_layer())
+            yield slot
             return
-        async with running_layer(settings, clock=clock, embedder=embedder) as layer:
-            yield layer
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_keep_layer, settings, slot, clock, embedder)
+            yield slot
+            tasks.cancel_scope.cancel()
 
-    server: MCPServer[SessionLayer] = MCPServer(
+    server: MCPServer[LayerSlot] = MCPServer(
         "session-mcp",
         title="session-mcp",
         version=version("session-mcp"),

@@ -6,15 +6,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from session_mcp.server.app import build_server
-from session_mcp.server.auth import TokenTableError, load_token_table
-from session_mcp.server.exposure import HttpConfigError, check_exposure
-from session_mcp.server.http import Transport, run_http
 from session_mcp.server.settings import Settings
 from session_mcp.tools import ALL_TOOLS
+
+if TYPE_CHECKING:
+    from session_mcp.server.http import Transport
 
 
 def _settings_help() -> str:
@@ -82,6 +83,11 @@ def _port(text: str) -> int:
 
 
 def _serve_http(settings: Settings, transport: Transport) -> int:
+    # Imported here: stdio, the common case, never pays for uvicorn and Starlette at start-up.
+    from session_mcp.server.auth import TokenTableError, load_token_table
+    from session_mcp.server.exposure import HttpConfigError, check_exposure
+    from session_mcp.server.http import run_http
+
     tokens_env = settings.auth_tokens.get_secret_value() if settings.auth_tokens is not None else None
     try:
         tokens = load_token_table(tokens_env, settings.auth_tokens_file)

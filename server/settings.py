@@ -10,9 +10,8 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from session_mcp.models.embedder import DEFAULT_VARIANT
+from session_mcp.models.config import DEFAULT_VARIANT, LayerConfig, default_url_policy
 from session_mcp.models.ingestion import KnowledgeConfig
-from session_mcp.models.layer import LayerConfig, default_url_policy
 from session_mcp.models.limits import Limits
 from session_mcp.models.outbound import (
     DEFAULT_ALLOW,

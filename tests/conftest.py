@@ -15,8 +15,9 @@ import pytest
 from mcp import Client
 
 from session_mcp.models.clock import ManualClock
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
-from session_mcp.models.layer import LayerConfig, SessionLayer
+from session_mcp.models.layer import SessionLayer
 from session_mcp.models.limits import Limits
 from session_mcp.server.app import build_server
 from session_mcp.server.settings import Settings

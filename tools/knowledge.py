@@ -71,7 +71,8 @@ async def knowledge_add(
     Reads .txt .md .rst .csv .json .html .pdf .docx .pptx .xlsx files, whole folders, http(s) pages
     and plain text. Files must be inside the user's allowed folders. Adding an unchanged source again
     does nothing; a changed one is replaced. Files that cannot be read are listed in `skipped`."""
-    service = layer(ctx).knowledge
+    # In a worker thread: right after start-up the layer may still be building.
+    service = (await anyio.to_thread.run_sync(layer, ctx)).knowledge
     roots = await declared_roots(ctx)
     user = owner(ctx)
 

@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 
 from session_mcp.models.clock import ManualClock
+from session_mcp.models.config import LayerConfig, default_url_policy
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import UnsupportedFormat, UrlFetchFailed, UrlNotAllowed
 from session_mcp.models.ingestion import KnowledgeConfig, classify, client_roots
-from session_mcp.models.layer import LayerConfig, SessionLayer, default_url_policy
+from session_mcp.models.layer import SessionLayer
 from session_mcp.models.outbound import Resolver, parse_allow, system_resolver
 from session_mcp.models.tables import ChunkRow, DocumentRow
 
