@@ -83,7 +83,7 @@ def _port(text: str) -> int:
 
 
 def _serve_http(settings: Settings, transport: Transport) -> int:
-    # Imported here: stdio, the common case, never pays for uvicorn and Starlette at start-up.
+    # Imported here: stdio, the common case, never loads the HTTP app, its auth or its drain.
     from session_mcp.server.auth import TokenTableError, load_token_table
     from session_mcp.server.exposure import HttpConfigError, check_exposure
     from session_mcp.server.http import run_http
