@@ -48,11 +48,11 @@ class ExactStore:
         start, need = self.n, self.n + len(keys)
         if need > len(self.keys):  # grow geometrically so a stream of single adds stays O(1) each
             cap = max(need, len(self.keys) + len(self.keys) // 2, 64)
-            # In place (realloc, which moves large blocks by remapping pages): copying into a new
-            # array held old and new at once, +38 MB of peak RSS growing 10k rows to 15k. No view
-            # of these arrays outlives a call, and every call runs under the scope's lock.
-            self.mat.resize((cap, self.mat.shape[1]), refcheck=False)
-            self.keys.resize(cap, refcheck=False)
+            mat = np.empty((cap, self.mat.shape[1]), np.float32)
+            mat[:start] = self.mat[:start]
+            ks = np.empty(cap, np.int64)
+            ks[:start] = self.keys[:start]
+            self.mat, self.keys = mat, ks
         out = self.mat[start:need]
         out[:] = vecs
         norms = np.linalg.norm(out, axis=1, keepdims=True)
