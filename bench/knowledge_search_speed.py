@@ -178,7 +178,8 @@ def populate(layer: SessionLayer, pool: list[str], chunks: int, base: int, seed:
                     updated_at=now,
                 )
             )
-            conn.execute(table.insert(), rows)
+            seqs = conn.execute(table.insert().returning(table.c.seq), rows).scalars().all()
+            layer.knowledge.rows.count(conn, scope, len(seqs), max(seqs))  # as knowledge_add does
         if (d // PER_DOCUMENT) % 200 == 199:
             print(f"  populate: {d + count}/{chunks} chunks, {time.perf_counter() - t:.0f}s", flush=True)
     return {

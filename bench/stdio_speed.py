@@ -314,7 +314,6 @@ def populate(
     from session_mcp.models.config import LayerConfig
     from session_mcp.models.errors import SessionNotFound
     from session_mcp.models.layer import SessionLayer
-    from session_mcp.models.memory import count_rows
     from session_mcp.models.tables import MemoryRow
 
     table = MemoryRow.__table__  # type: ignore[attr-defined]
@@ -362,7 +361,7 @@ def populate(
                 seqs = conn.execute(table.insert().returning(table.c.seq), rows).scalars().all()
                 # As memory_add does: the scope's count row moves in the same transaction (a
                 # bulk insert that skipped it would leave the counts drifted for the server).
-                count_rows(layer.db, conn, SCOPE, len(rows), max(seqs))
+                layer.memory.rows.count(conn, SCOPE, len(rows), max(seqs))
             insert_s += time.perf_counter() - t
             done += len(chunk)
             elapsed = time.perf_counter() - t_rows

@@ -98,6 +98,7 @@ class Knowledge:
         self.sessions = sessions
         self.embedder = embedder
         self.vectors = vectors
+        self.rows = rows
         self.hybrid = Hybrid(embedder, vectors, rows, FullText("chunks"))
         self.clock = clock
         self.limits = limits
@@ -298,6 +299,7 @@ class Knowledge:
                     _C.insert().returning(_C.c.seq, sort_by_parameter_order=True), values
                 ).scalars()
             ]
+            self.rows.count(conn, scope, len(seqs) - len(old), max(seqs, default=0))
         self.vectors.note_removed(scope, old)
         for seq, vector in zip(seqs, vectors, strict=True):
             self.vectors.note_added(scope, seq, vector)
@@ -413,6 +415,7 @@ class Knowledge:
             seqs = [int(s) for (s,) in conn.execute(select(_C.c.seq).where(_C.c.document_id == document_id))]
             conn.execute(delete(_C).where(_C.c.document_id == document_id))
             conn.execute(delete(_D).where(_D.c.document_id == document_id))
+            self.rows.count(conn, row.scope, -len(seqs))
         self.vectors.note_removed(row.scope, seqs)
         return KnowledgeDeleted(document_id=document_id, deleted=True, chunks=len(seqs))
 
@@ -421,6 +424,7 @@ class Knowledge:
         scopes = [f"session:{session_id}" for session_id in session_ids]
         conn.execute(delete(_C).where(_C.c.scope.in_(scopes)))
         conn.execute(delete(_D).where(_D.c.scope.in_(scopes)))
+        self.rows.emptied(conn, scopes)
         return scopes
 
 

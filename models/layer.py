@@ -19,12 +19,13 @@ from session_mcp.models.rowvectors import RowVectors
 from session_mcp.models.sessions import Sessions
 from session_mcp.models.state import State
 from session_mcp.models.sweeper import Sweeper
-from session_mcp.models.tables import ChunkRow, MemoryRow, MemoryScopeRow
+from session_mcp.models.tables import ChunkRow, ChunkScopeRow, MemoryRow, MemoryScopeRow
 from session_mcp.models.vectors import ScopedVectors
 
 MEMORIES = MemoryRow.__table__  # type: ignore[attr-defined]
 MEMORY_COUNTS = MemoryScopeRow.__table__  # type: ignore[attr-defined]
 CHUNKS = ChunkRow.__table__  # type: ignore[attr-defined]
+CHUNK_COUNTS = ChunkScopeRow.__table__  # type: ignore[attr-defined]
 
 
 class SessionLayer:
@@ -53,7 +54,7 @@ class SessionLayer:
             variant=config.embedding_variant,
         )
         memory_rows = RowVectors(self.db, MEMORIES, MEMORY_COUNTS)
-        chunk_rows = RowVectors(self.db, CHUNKS)
+        chunk_rows = RowVectors(self.db, CHUNKS, CHUNK_COUNTS)
         self.vectors = ScopedVectors(
             dim=self.embedder.dim,
             source=memory_rows,

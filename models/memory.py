@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, case, delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -32,11 +32,10 @@ from session_mcp.models.schemas import (
     MemoryType,
 )
 from session_mcp.models.sessions import Sessions, encode_json
-from session_mcp.models.tables import MemoryRow, MemoryScopeRow, SessionRow
+from session_mcp.models.tables import MemoryRow, SessionRow
 from session_mcp.models.vectors import ScopedVectors
 
 _M = MemoryRow.__table__  # type: ignore[attr-defined]
-_C = MemoryScopeRow.__table__  # type: ignore[attr-defined]
 SearchType = Literal["short", "long", "all"]
 
 
@@ -59,20 +58,6 @@ def clean_text(raw: str, max_chars: int, what: str = "text") -> str:
     return cleaned
 
 
-def count_rows(db: Database, conn: Connection, scope: str, delta: int, seq: int = 0) -> None:
-    """Keep memory_scopes in step with the rows, inside the caller's transaction."""
-    insert = sqlite.insert(_C) if db.is_sqlite else postgresql.insert(_C)
-    conn.execute(
-        insert.values(scope=scope, row_count=max(delta, 0), max_seq=seq).on_conflict_do_update(
-            index_elements=[_C.c.scope],
-            set_={
-                "row_count": _C.c.row_count + delta,
-                "max_seq": case((_C.c.max_seq < seq, seq), else_=_C.c.max_seq),
-            },
-        )
-    )
-
-
 class Memory:
     def __init__(
         self,
@@ -91,6 +76,7 @@ class Memory:
         self.clock = clock
         self.limits = limits
         self.dense_weight = DENSE_WEIGHT
+        self.rows = rows
         self.hybrid = Hybrid(embedder, vectors, rows, FullText("memories"))
 
     def add(
@@ -135,7 +121,7 @@ class Memory:
                     select(_M.c.memory_id).where(_M.c.scope == scope, _M.c.text_hash == digest)
                 ).scalar_one()
                 return MemoryAdded(memory_id=existing, memory_type=memory_type, deduplicated=True)
-            count_rows(self.db, conn, scope, 1, int(seq))
+            self.rows.count(conn, scope, 1, int(seq))
         self.vectors.note_added(scope, int(seq), vector)
         return MemoryAdded(memory_id=memory_id, memory_type=memory_type, deduplicated=False)
 
@@ -204,7 +190,7 @@ class Memory:
                     "memory_search returns the ids you can delete"
                 )
             conn.execute(delete(_M).where(_M.c.seq == row[0]))
-            count_rows(self.db, conn, row[1], -1)
+            self.rows.count(conn, row[1], -1)
         self.vectors.note_removed(row[1], [int(row[0])])
         return MemoryDeleted(memory_id=memory_id, deleted=True)
 
@@ -215,7 +201,7 @@ class Memory:
             session = self.sessions.writable(conn, session_id, owner)
             scopes = scopes_for(memory_type, session)
             deleted = conn.execute(delete(_M).where(_M.c.scope.in_(scopes))).rowcount
-            conn.execute(_C.update().where(_C.c.scope.in_(scopes)).values(row_count=0))
+            self.rows.emptied(conn, scopes)
         for scope in scopes:
             self.vectors.drop(scope)
         return Cleared(deleted=deleted)
@@ -224,5 +210,5 @@ class Memory:
         """Delete sessions' short-term memory inside the caller's transaction; returns the scopes."""
         scopes = [f"short:{session_id}" for session_id in session_ids]
         conn.execute(delete(_M).where(_M.c.scope.in_(scopes)))
-        conn.execute(_C.update().where(_C.c.scope.in_(scopes)).values(row_count=0))
+        self.rows.emptied(conn, scopes)
         return scopes

@@ -93,6 +93,14 @@ def _session_timeouts(conn: Connection, dialect: str) -> None:
         conn.exec_driver_sql("ALTER TABLE sessions ADD COLUMN timeout_seconds DOUBLE PRECISION")
 
 
+def _chunk_scope_counts(conn: Connection, dialect: str) -> None:
+    SQLModel.metadata.create_all(conn, tables=[tables.ChunkScopeRow.__table__])  # type: ignore[attr-defined]
+    conn.exec_driver_sql(
+        "INSERT INTO chunk_scopes (scope, row_count, max_seq) "
+        "SELECT scope, COUNT(*), MAX(seq) FROM chunks GROUP BY scope"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("create tables", _create_tables),
     ("memory keyword index", _memory_keyword_index),
@@ -100,18 +108,21 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("memory scope counts", _memory_scope_counts),
     ("knowledge tables", _knowledge_tables),
     ("session timeouts", _session_timeouts),
+    ("chunk scope counts", _chunk_scope_counts),
 ]
 
 
-def migrate(db: Database) -> int:
-    """Apply pending migrations; safe when several processes start at once. Returns the schema version."""
+def migrate(db: Database, migrations: list[tuple[str, Migration]] | None = None) -> int:
+    """Apply pending migrations; safe when several processes start at once. Returns the schema version.
+    `migrations` is a prefix of MIGRATIONS to stop at (tests build older schemas with it)."""
+    migrations = MIGRATIONS if migrations is None else migrations
     with db.write() as conn:
         if not db.is_sqlite:
             # Serialise concurrent start-ups of several instances on one database.
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
         SQLModel.metadata.create_all(conn, tables=[tables.MigrationRow.__table__])  # type: ignore[attr-defined]
         done = {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
-        for version, (name, step) in enumerate(MIGRATIONS, start=1):
+        for version, (name, step) in enumerate(migrations, start=1):
             if version in done:
                 continue
             step(conn, db.dialect)
@@ -119,4 +130,4 @@ def migrate(db: Database) -> int:
                 text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
                 {"v": version, "n": name, "t": datetime.now(UTC)},
             )
-        return len(MIGRATIONS)
+        return len(migrations)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, case, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.database import Database
 
@@ -22,6 +23,28 @@ class RowVectors:
         self.db = db
         self.table = table
         self.counts = counts
+
+    def count(self, conn: Connection, scope: str, delta: int, seq: int = 0) -> None:
+        """Move the scope's counts row by `delta` rows and up to `seq`, in the caller's write
+        transaction (every insert and delete of the table's rows goes through here)."""
+        if self.counts is None:
+            return
+        c = self.counts
+        insert = sqlite.insert(c) if self.db.is_sqlite else postgresql.insert(c)
+        conn.execute(
+            insert.values(scope=scope, row_count=max(delta, 0), max_seq=seq).on_conflict_do_update(
+                index_elements=[c.c.scope],
+                set_={
+                    "row_count": c.c.row_count + delta,
+                    "max_seq": case((c.c.max_seq < seq, seq), else_=c.c.max_seq),
+                },
+            )
+        )
+
+    def emptied(self, conn: Connection, scopes: Sequence[str]) -> None:
+        """The scopes' rows were all deleted in the caller's transaction."""
+        if self.counts is not None and scopes:
+            conn.execute(self.counts.update().where(self.counts.c.scope.in_(scopes)).values(row_count=0))
 
     def reader(self, conn: Connection, scopes: Iterable[str] = ()) -> RowReader:
         """A VectorSource on `conn`, with the stats of `scopes` read up front in one query."""

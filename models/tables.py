@@ -97,6 +97,17 @@ class DocumentRow(SQLModel, table=True):
     updated_at: datetime
 
 
+class ChunkScopeRow(SQLModel, table=True):
+    """MemoryScopeRow for knowledge chunks: without it, every knowledge search counted its scopes'
+    chunks (a scan of the scope's index, ~9 ms at 100k chunks)."""
+
+    __tablename__ = "chunk_scopes"
+
+    scope: str = Field(primary_key=True, max_length=200)
+    row_count: int = Field(default=0)
+    max_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
 class ChunkRow(SQLModel, table=True):
     """A chunk of a document; `scope` repeats the document's so the vector caches can read by it,
     and `seq` keys them (never reused, as for memories)."""

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from knowledge_files import write_all, write_pdf
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from session_mcp.models.clock import ManualClock
 from session_mcp.models.errors import (
     DocumentNotFound,
     InvalidArgument,
@@ -17,7 +18,7 @@ from session_mcp.models.errors import (
     SessionClosed,
 )
 from session_mcp.models.layer import SessionLayer
-from session_mcp.models.tables import ChunkRow, DocumentRow, SessionRow
+from session_mcp.models.tables import ChunkRow, ChunkScopeRow, DocumentRow, SessionRow
 
 
 def count_rows(layer: SessionLayer) -> tuple[int, int]:
@@ -196,3 +197,45 @@ def test_progress_reports_documents_and_chunks(layer: SessionLayer, kb: Path) ->
     assert seen[-1][:2] == (2, 2)
     assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
     assert any("chunks embedded" in m for _, _, m in seen)
+
+
+def chunk_counts(layer: SessionLayer) -> dict[str, tuple[int, int]]:
+    """chunk_scopes as stored, and the same figures counted from the chunks themselves."""
+    with layer.db.read() as conn:
+        stored = {
+            scope: (count, top)
+            for scope, count, top in conn.execute(
+                select(ChunkScopeRow.__table__.c.scope, ChunkScopeRow.row_count, ChunkScopeRow.max_seq)  # type: ignore[attr-defined]
+            )
+        }
+        rows = ChunkRow.__table__.c  # type: ignore[attr-defined]
+        counted = {
+            scope: (count, top)
+            for scope, count, top in conn.execute(
+                select(rows.scope, func.count(), func.max(rows.seq)).group_by(rows.scope)
+            )
+        }
+    for scope in set(stored) - set(counted):
+        counted[scope] = (0, stored[scope][1])  # an emptied scope keeps its highest seq
+    assert stored == counted
+    return stored
+
+
+def test_chunk_scope_counts_follow_every_knowledge_write(
+    layer: SessionLayer, kb: Path, clock: ManualClock
+) -> None:
+    layer.sessions.create("s1", "u1", ttl_seconds=60)
+    note = kb / "note.md"
+    note.write_text("# Note\n\n" + "The lighthouse keeper counts gulls at dawn. " * 60)
+    added = layer.knowledge.add("s1", str(note), declared_roots=[kb]).documents[0]
+    assert chunk_counts(layer)["session:s1"][0] == added.chunks > 1
+    note.write_text("# Note\n\nShorter now: one chunk about gulls.")
+    layer.knowledge.add("s1", str(note), declared_roots=[kb])  # replaced: fewer chunks, newer seqs
+    assert chunk_counts(layer)["session:s1"][0] == 1
+    user_doc = layer.knowledge.add("s1", "Harbour tides turn at noon.", kind="text", scope="user")
+    assert chunk_counts(layer)["user:u1"][0] == 1
+    layer.knowledge.delete("s1", user_doc.documents[0].document_id)
+    assert chunk_counts(layer)["user:u1"][0] == 0
+    clock.advance(60 + layer.sweeper.limits.sweeper_grace_seconds + 1)
+    assert layer.sweeper.sweep() == 1  # the expired session's own knowledge goes
+    assert chunk_counts(layer)["session:s1"][0] == 0

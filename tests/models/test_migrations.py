@@ -1,0 +1,50 @@
+"""Schema upgrades: a database made by an older version gains the new tables with the right contents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from session_mcp.models.database import Database
+from session_mcp.models.migrations import MIGRATIONS, migrate
+from session_mcp.models.tables import ChunkRow, ChunkScopeRow, DocumentRow
+
+_D = DocumentRow.__table__  # type: ignore[attr-defined]
+_C = ChunkRow.__table__  # type: ignore[attr-defined]
+_S = ChunkScopeRow.__table__  # type: ignore[attr-defined]
+BEFORE_CHUNK_COUNTS = [name for name, _ in MIGRATIONS].index("chunk scope counts")
+
+
+def test_upgrading_counts_the_chunks_an_older_version_stored(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        assert migrate(db, MIGRATIONS[:BEFORE_CHUNK_COUNTS]) == BEFORE_CHUNK_COUNTS
+        now = datetime.now(UTC)
+        with db.write() as conn:
+            for doc, scope, chunks in (("d1", "session:s1", 3), ("d2", "user:u1", 2), ("d3", "user:u1", 4)):
+                conn.execute(
+                    _D.insert().values(
+                        document_id=doc, scope=scope, owner="o", session_id="s1", source=doc, title=doc, mime="text/plain",
+                        sha256=doc, pages=None, chunk_count=chunks, meta="{}", created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+                conn.execute(
+                    _C.insert(),
+                    [
+                        dict(chunk_id=f"{doc}-{n}", document_id=doc, scope=scope, ordinal=n, text="t",
+                             page=None, start=0, end=1, embedding=b"\0" * 1536)
+                        for n in range(chunks)
+                    ],
+                )  # fmt: skip
+            top = {scope: seq for scope, seq in conn.execute(select(_C.c.scope, _C.c.seq).order_by(_C.c.seq))}
+        assert migrate(db) == len(MIGRATIONS)
+        with db.read() as conn:
+            counted = {
+                scope: (n, m)
+                for scope, n, m in conn.execute(select(_S.c.scope, _S.c.row_count, _S.c.max_seq))
+            }
+        assert counted == {"session:s1": (3, top["session:s1"]), "user:u1": (6, top["user:u1"])}
+        assert migrate(db) == len(MIGRATIONS)  # a second start changes nothing
+    finally:
+        db.close()
