@@ -28,8 +28,10 @@ class FullText:
         # query per scope would score every matching row once per scope.
         fts = f"{self.table}_fts"
         if conn.dialect.name == "sqlite":
+            # INDEXED BY: the planner would look each match up in the wide table (migration 8).
             sql = text(
-                f"SELECT r.seq, -bm25({fts}) FROM {fts} JOIN {self.table} r ON r.seq = {fts}.rowid "
+                f"SELECT r.seq, -bm25({fts}) FROM {fts} "
+                f"JOIN {self.table} r INDEXED BY ix_{self.table}_seq_scope ON r.seq = {fts}.rowid "
                 f"WHERE {fts} MATCH :q AND r.scope IN :scopes ORDER BY bm25({fts}) LIMIT :k"
             )
             query = fts5_query(words)
