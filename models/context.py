@@ -70,6 +70,8 @@ class Contexts:
     ) -> ContextResult:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         budget = min(max_tokens, self.limits.context_max_tokens)
+        # Once, for every store searched below, and computed while the session and state are read.
+        vector = self.embedder.embed_soon(cleaned)
         with self.db.read() as conn:  # one snapshot for every section
             session = self.sessions.local(conn, session_id, owner)
             state_rows = list(
@@ -79,7 +81,6 @@ class Contexts:
             )
             messages = self.histories.recent(conn, session_id, None, max_items)
             sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
-            vector = self.embedder.embed_one(cleaned)  # once, for every store searched below
             for name, memory_type in (("long_term_memory", "long"), ("session_memory", "short")):
                 scope = scope_of(memory_type, session)  # type: ignore[arg-type]
                 for hit in self.memory.search_scopes(conn, [scope], cleaned, max_items, vector):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -335,7 +336,7 @@ class Knowledge:
         query: str,
         limit: int,
         mode: SearchMode = "hybrid",
-        vector: NDArray[np.float32] | None = None,
+        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
     ) -> list[KnowledgeHit]:
         """Search inside the caller's read transaction."""
         weight = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}[mode]
