@@ -1,6 +1,6 @@
 """Speed of the real `session-mcp` over stdio, as ratios to baselines measured in the same run.
 
-Run by hand:  .venv/bin/python bench/stdio_speed.py [--sizes 10000,100000] [--cold-runs 5]
+Run by hand:  .venv/bin/python bench/stdio_speed.py [--sizes 10000,100000] [--cold-runs 5] [--database-url URL]
 
 Every figure comes from the spawned console script talking MCP over its stdin/stdout through the
 SDK's `Client`; the machine is shared and noisy, so each figure sits next to a baseline taken in
@@ -833,6 +833,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     r: dict[str, Any] = {"environment": environment(), "targets": TARGETS, "peers": PEERS}
     r["settings"] = {
         "sizes": args.sizes,
+        "database": "postgresql" if args.database_url else "sqlite",
         "cold_runs": args.cold_runs,
         "calls": args.calls,
         "concurrent": args.concurrent,
@@ -851,7 +852,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         r["cold_start"] = await cold_start(work, args.cold_runs)
 
     data = work / "scale"
-    database_url = f"sqlite:///{data / 'bench.db'}"
+    # The scale phases' database: SQLite in the work dir, or --database-url (an empty database:
+    # the bench creates its session and memories there and does not clean up).
+    database_url = args.database_url or f"sqlite:///{data / 'bench.db'}"
     env = server_env(data, database_url)
     used: set[str] = set()
     texts = Sentences(seed=1)
@@ -931,6 +934,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=900.0,
         help="seconds allowed for populating all sizes; a size projected past it is skipped (default 900)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="run the calls and scale phases on this (empty) database, e.g. a fresh PostgreSQL one; "
+        "default: SQLite in the work dir (cold start always uses SQLite)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, server logs)")
