@@ -14,6 +14,7 @@ from mcp.server.mcpserver import MCPServer
 
 from session_mcp.models.clock import Clock
 from session_mcp.server.errors import error_codes, resource_errors, tool_errors
+from session_mcp.server.listening import readable_resources_only
 from session_mcp.server.settings import Settings
 from session_mcp.tools import ALL_TOOLS
 from session_mcp.tools.caller import LayerSlot
@@ -113,7 +114,7 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.log_level,
-        middleware=[error_codes],
+        middleware=[error_codes, readable_resources_only],
     )
     for spec in ALL_TOOLS:
         server.add_tool(tool_errors(spec.fn), title=spec.title, annotations=spec.annotations)

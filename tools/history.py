@@ -11,8 +11,10 @@ from session_mcp.models.schemas import History, MessageAdded, Role
 from session_mcp.tools.arguments import Count, LongName, Name, SessionId
 from session_mcp.tools.caller import layer, owner
 from session_mcp.tools.catalog import READ, WRITE, ToolSpec
+from session_mcp.tools.notices import HISTORY, announces
 
 
+@announces(HISTORY)
 def history_add(
     ctx: Context,
     session_id: SessionId,

@@ -11,8 +11,10 @@ from session_mcp.models.schemas import ChatReply
 from session_mcp.tools.arguments import SessionId
 from session_mcp.tools.caller import layer, owner
 from session_mcp.tools.catalog import OPEN_WORLD, ToolSpec
+from session_mcp.tools.notices import HISTORY, announces
 
 
+@announces(HISTORY)
 def session_chat(
     ctx: Context,
     session_id: SessionId,

@@ -11,8 +11,10 @@ from session_mcp.models.schemas import SessionInfo, SessionPage
 from session_mcp.tools.arguments import Cursor, FiniteFloat, Name, SessionId
 from session_mcp.tools.caller import layer, owner
 from session_mcp.tools.catalog import DESTRUCTIVE, READ, WRITE_IDEMPOTENT, ToolSpec
+from session_mcp.tools.notices import SESSION, announces
 
 
+@announces(SESSION)
 def session_create(
     ctx: Context,
     session_id: Annotated[
@@ -67,6 +69,7 @@ def session_list(
     return layer(ctx).sessions.list(user_id, status, limit, cursor, owner=owner(ctx))
 
 
+@announces(SESSION)
 def session_close(ctx: Context, session_id: SessionId) -> SessionInfo:
     """Close a session: it becomes read-only for good (reads keep working). Closing twice is harmless."""
     return layer(ctx).sessions.close(session_id, owner=owner(ctx))

@@ -11,6 +11,7 @@ from session_mcp.models.schemas import StateDeleted, StateSnapshot, StateValue, 
 from session_mcp.tools.arguments import Number, SessionId, Version
 from session_mcp.tools.caller import layer, owner
 from session_mcp.tools.catalog import DESTRUCTIVE, READ, WRITE, WRITE_IDEMPOTENT, ToolSpec
+from session_mcp.tools.notices import STATE, announces
 
 Key = Annotated[str, Field(strict=True, min_length=1, max_length=256, description="state key")]
 
@@ -26,6 +27,7 @@ def state_get(
     return layer(ctx).state.get(session_id, key, default, owner=owner(ctx))
 
 
+@announces(STATE)
 def state_set(
     ctx: Context,
     session_id: SessionId,
@@ -41,6 +43,7 @@ def state_set(
     return layer(ctx).state.set(session_id, key, value, expected_version, owner=owner(ctx))
 
 
+@announces(STATE)
 def state_increment(
     ctx: Context,
     session_id: SessionId,
@@ -53,11 +56,13 @@ def state_increment(
     return layer(ctx).state.increment(session_id, key, increment, default, owner=owner(ctx))
 
 
+@announces(STATE)
 def state_delete(ctx: Context, session_id: SessionId, key: Key) -> StateDeleted:
     """Delete one state key; `deleted` is false when it did not exist."""
     return layer(ctx).state.delete(session_id, key, owner=owner(ctx))
 
 
+@announces(STATE)
 def state_save(
     ctx: Context,
     session_id: SessionId,

@@ -32,6 +32,7 @@ from http_servers import (
     http_server,
 )
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from session_mcp.models.embedder import Embedder
@@ -553,3 +554,24 @@ async def test_sigterm_finishes_calls_in_flight_then_exits_0_without_waiting_for
     assert sorted(acked) == list(range(1, final + 1)), (
         f"{final} stored; no answer for {unanswered}: {failures[:3]}"
     )
+
+
+async def test_a_user_can_listen_only_to_their_own_sessions(team_server: Running, held: Held) -> None:
+    async with (
+        held(connect(team_server, TOKENS["alice"])) as alice,
+        held(connect(team_server, TOKENS["bob"])) as bob,
+    ):
+        await call(alice, "session_create", session_id="alice-notes")
+        await call(bob, "session_create", session_id="bob-notes")
+        for uris in (
+            ["session://alice-notes/state"],
+            ["session://bob-notes", "session://alice-notes/history"],
+        ):
+            with pytest.raises(MCPError) as refused:
+                async with bob.listen(resource_subscriptions=uris):
+                    pass
+            assert "session_not_found: " in str(refused.value) and "your own sessions" in str(refused.value)
+        async with alice.listen(resource_subscriptions=["session://alice-notes/state"]) as events:
+            await call(alice, "state_set", session_id="alice-notes", key="k", value=1)
+            with anyio.fail_after(30):
+                assert getattr(await anext(events), "uri", None) == "session://alice-notes/state"

@@ -181,3 +181,29 @@ async def test_two_hundred_increments_in_flight_on_one_connection_lose_nothing(c
     assert sorted(values) == list(range(1, 201))  # every call saw its own, distinct result
     final = await call(client, "state_get", session_id="busy", key="n")
     assert final["value"] == 200 and final["version"] == 200
+
+
+async def test_listeners_hear_of_writes_to_the_session_resources_they_named(client: Client) -> None:
+    await call(client, "session_create", session_id="s")
+    await call(client, "session_create", session_id="t")
+    async with (
+        client.listen(resource_subscriptions=["session://s/state"]) as state_events,
+        client.listen(resource_subscriptions=["session://s/history", "session://s"]) as other_events,
+    ):
+        await call(client, "state_set", session_id="t", key="k", value=1)  # another session's state
+        await call(client, "state_increment", session_id="s", key="n")
+        await call(client, "history_add", session_id="s", role="user", content="hi")
+        await call(client, "session_close", session_id="s")
+        with anyio.fail_after(30):
+            assert getattr(await anext(state_events), "uri", None) == "session://s/state"
+            assert getattr(await anext(other_events), "uri", None) == "session://s/history"
+            assert getattr(await anext(other_events), "uri", None) == "session://s"
+        refused = await error(client, "state_set", session_id="s", key="k", value=2)  # closed: no write
+        assert refused.startswith("session_closed")
+        await call(client, "state_set", session_id="t", key="k", value=3)
+        await call(client, "state_save", session_id="t", state={})
+        await call(client, "session_create", session_id="s2")
+        async with client.listen(resource_subscriptions=["session://s2/state"]) as late:
+            await call(client, "state_save", session_id="s2", state={"a": 1})
+            with anyio.fail_after(30):
+                assert getattr(await anext(late), "uri", None) == "session://s2/state"
