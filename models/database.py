@@ -85,8 +85,14 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """One read transaction, and one snapshot: SQLite's WAL gives a reader one; PostgreSQL's
+        default (read committed) would give each statement its own, so reads ask for repeatable
+        read there (a read-only transaction never fails to serialise)."""
         try:
-            with self.engine.connect() as conn, conn.begin():
+            connection = self.engine.connect()
+            if not self.is_sqlite:
+                connection = connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
             log.exception("database read failed")
