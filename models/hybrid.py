@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, RowMapping, bindparam, text
 
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ranking import fts5_query, fuse, keywords
@@ -84,3 +85,21 @@ class Hybrid:
             for scope in scopes:
                 dense.update(self.vectors.search(scope, query_vector, candidates, source))
         return fuse(dense, keyword, dense_weight)[: limit * 2]
+
+    def search(
+        self,
+        conn: Connection,
+        scopes: list[str],
+        query: str,
+        limit: int,
+        dense_weight: float,
+        fetch: Callable[[Connection, list[int], list[str]], Mapping[int, RowMapping]],
+        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
+    ) -> list[tuple[RowMapping, float]]:
+        """The best `limit` (row, score) pairs, best first: `rank`, then the rows `fetch` finds for
+        those seqs within `scopes`. A candidate whose row is gone (deleted since the cache saw it)
+        is skipped: the database wins."""
+        ranked = self.rank(conn, scopes, query, limit, dense_weight, vector)
+        rows = fetch(conn, [seq for seq, _ in ranked], scopes) if ranked else {}
+        found = [(rows[seq], score) for seq, score in ranked if seq in rows]
+        return found[:limit]

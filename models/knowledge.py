@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, Row, RowMapping, delete, select, update
 
 from session_mcp.models.chunking import Chunker
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -190,11 +190,20 @@ class Knowledge:
 
     def _unchanged(self, scope: str, loaded: Loaded) -> KnowledgeDocument | None:
         with self.db.read() as conn:
-            row = conn.execute(
-                select(_D.c.document_id, _D.c.title, _D.c.chunk_count, _D.c.sha256).where(
-                    _D.c.scope == scope, _D.c.source == loaded.source
-                )
-            ).first()
+            return self._same_document(self._stored(conn, scope, loaded), loaded)
+
+    @staticmethod
+    def _stored(conn: Connection, scope: str, loaded: Loaded) -> Row[Any] | None:
+        """The scope's document of the same source, if any."""
+        return conn.execute(
+            select(_D.c.document_id, _D.c.title, _D.c.chunk_count, _D.c.sha256).where(
+                _D.c.scope == scope, _D.c.source == loaded.source
+            )
+        ).first()
+
+    @staticmethod
+    def _same_document(row: Row[Any] | None, loaded: Loaded) -> KnowledgeDocument | None:
+        """`row` as an unchanged document when it holds the same bytes as `loaded`."""
         if row is None or row.sha256 != loaded.sha256:
             return None
         return KnowledgeDocument(
@@ -236,19 +245,10 @@ class Knowledge:
         digest = loaded.sha256
         with self.db.write() as conn:
             self.sessions.writable(conn, session_id, owner)
-            row = conn.execute(
-                select(_D.c.document_id, _D.c.sha256, _D.c.title, _D.c.chunk_count).where(
-                    _D.c.scope == scope, _D.c.source == loaded.source
-                )
-            ).first()
-            if row is not None and row.sha256 == digest:  # someone stored the same bytes meanwhile
-                return KnowledgeDocument(
-                    document_id=row.document_id,
-                    source=loaded.source,
-                    title=row.title,
-                    chunks=row.chunk_count,
-                    status="unchanged",
-                )
+            row = self._stored(conn, scope, loaded)
+            unchanged = self._same_document(row, loaded)  # someone stored the same bytes meanwhile
+            if unchanged is not None:
+                return unchanged
             fields = dict(
                 title=prepared.title,
                 mime=prepared.mime,
@@ -340,33 +340,24 @@ class Knowledge:
     ) -> list[KnowledgeHit]:
         """Search inside the caller's read transaction."""
         weight = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}[mode]
-        ranked = self.hybrid.rank(conn, scopes, query, limit, weight, vector)
-        rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
-        hits = []
-        for seq, score in ranked:
-            row = rows.get(seq)
-            if row is None:
-                continue  # deleted since the cache saw it: the database wins
-            hits.append(
-                KnowledgeHit(
-                    chunk_id=row["chunk_id"],
-                    document_id=row["document_id"],
-                    source=row["source"],
-                    title=row["title"],
-                    text=row["text"],
-                    score=round(score, 6),
-                    page=row["page"],
-                    start=row["start"],
-                    end=row["end"],
-                )
+        found = self.hybrid.search(conn, scopes, query, limit, weight, self._rows, vector)
+        return [
+            KnowledgeHit(
+                chunk_id=row["chunk_id"],
+                document_id=row["document_id"],
+                source=row["source"],
+                title=row["title"],
+                text=row["text"],
+                score=round(score, 6),
+                page=row["page"],
+                start=row["start"],
+                end=row["end"],
             )
-            if len(hits) == limit:
-                break
-        return hits
+            for row, score in found
+        ]
 
-    def _rows(self, conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, Any]:
-        if not seqs:
-            return {}
+    @staticmethod
+    def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, RowMapping]:
         query = (
             select(_C, _D.c.source, _D.c.title)
             .join(_D, _D.c.document_id == _C.c.document_id)

@@ -7,12 +7,12 @@ import json
 import unicodedata
 import uuid
 from concurrent.futures import Future
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, RowMapping, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -150,30 +150,21 @@ class Memory:
         vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
     ) -> list[MemoryHit]:
         """Search inside the caller's read transaction."""
-        ranked = self.hybrid.rank(conn, scopes, query, limit, self.dense_weight, vector)
-        rows = self._rows(conn, [seq for seq, _ in ranked], scopes)
-        hits = []
-        for seq, score in ranked:
-            row = rows.get(seq)
-            if row is None:
-                continue  # deleted since the cache saw it: the database wins
-            hits.append(
-                MemoryHit(
-                    memory_id=row["memory_id"],
-                    text=row["text"],
-                    score=round(score, 6),
-                    memory_type=row["memory_type"],
-                    metadata=json.loads(row["meta"]),
-                    created_at=from_db(row["created_at"]),
-                )
+        found = self.hybrid.search(conn, scopes, query, limit, self.dense_weight, self._rows, vector)
+        return [
+            MemoryHit(
+                memory_id=row["memory_id"],
+                text=row["text"],
+                score=round(score, 6),
+                memory_type=row["memory_type"],
+                metadata=json.loads(row["meta"]),
+                created_at=from_db(row["created_at"]),
             )
-            if len(hits) == limit:
-                break
-        return hits
+            for row, score in found
+        ]
 
-    def _rows(self, conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, Any]:
-        if not seqs:
-            return {}
+    @staticmethod
+    def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, RowMapping]:
         query = select(_M).where(_M.c.seq.in_(seqs), _M.c.scope.in_(scopes))
         return {int(r["seq"]): r for r in conn.execute(query).mappings()}
 

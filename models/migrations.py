@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, Table, inspect, text
 from sqlmodel import SQLModel
 
 from session_mcp.models import tables
@@ -53,12 +53,17 @@ def _history_index(conn: Connection, dialect: str) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_messages_session_agent ON messages (session_id, agent, position)")
 
 
-def _memory_scope_counts(conn: Connection, dialect: str) -> None:
-    SQLModel.metadata.create_all(conn, tables=[tables.MemoryScopeRow.__table__])  # type: ignore[attr-defined]
+def _scope_counts(conn: Connection, counts: Table, rows: str) -> None:
+    """Create a per-scope counts table and count the rows already stored in `rows`."""
+    SQLModel.metadata.create_all(conn, tables=[counts])
     conn.exec_driver_sql(
-        "INSERT INTO memory_scopes (scope, row_count, max_seq) "
-        "SELECT scope, COUNT(*), MAX(seq) FROM memories GROUP BY scope"
+        f"INSERT INTO {counts.name} (scope, row_count, max_seq) "
+        f"SELECT scope, COUNT(*), MAX(seq) FROM {rows} GROUP BY scope"
     )
+
+
+def _memory_scope_counts(conn: Connection, dialect: str) -> None:
+    _scope_counts(conn, tables.MemoryScopeRow.__table__, "memories")  # type: ignore[attr-defined]
 
 
 def _knowledge_tables(conn: Connection, dialect: str) -> None:
@@ -94,11 +99,7 @@ def _session_timeouts(conn: Connection, dialect: str) -> None:
 
 
 def _chunk_scope_counts(conn: Connection, dialect: str) -> None:
-    SQLModel.metadata.create_all(conn, tables=[tables.ChunkScopeRow.__table__])  # type: ignore[attr-defined]
-    conn.exec_driver_sql(
-        "INSERT INTO chunk_scopes (scope, row_count, max_seq) "
-        "SELECT scope, COUNT(*), MAX(seq) FROM chunks GROUP BY scope"
-    )
+    _scope_counts(conn, tables.ChunkScopeRow.__table__, "chunks")  # type: ignore[attr-defined]
 
 
 def _keyword_join_indexes(conn: Connection, dialect: str) -> None:

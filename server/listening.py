@@ -36,7 +36,10 @@ async def readable_resources_only(ctx: ServerRequestContext[Any, Any], call_next
     token = get_access_token()
     if ctx.method != "subscriptions/listen" or token is None:  # unauthenticated: one trusted host
         return await call_next(ctx)
-    notifications = (ctx.params or {}).get("notifications") or {}
+    notifications = (ctx.params or {}).get("notifications")
+    uris = notifications.get("resourceSubscriptions") if isinstance(notifications, dict) else None
+    if not isinstance(uris, list):  # malformed or absent: the SDK's own validation answers it
+        return await call_next(ctx)
     slot = ctx.lifespan_context
     assert isinstance(slot, LayerSlot)
     user = token.client_id
@@ -46,9 +49,7 @@ async def readable_resources_only(ctx: ServerRequestContext[Any, Any], call_next
             slot.get().sessions.get(session_id, owner=user)  # SessionNotFound for anyone else's
 
     try:
-        await anyio.to_thread.run_sync(
-            check, sessions_named(list(notifications.get("resourceSubscriptions") or []))
-        )
+        await anyio.to_thread.run_sync(check, sessions_named(uris))
     except SessionError as exc:
         raise MCPError(INVALID_PARAMS, f"{exc}; you can listen only to your own sessions") from exc
     return await call_next(ctx)
