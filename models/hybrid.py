@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, RowMapping, bindparam, text
+from sqlalchemy import Connection, RowMapping, TextClause, bindparam, text
 
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ranking import fts5_query, fuse, keywords
@@ -24,27 +25,33 @@ class FullText:
 
     table: str
 
-    def scores(self, conn: Connection, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
-        # One query for all scopes: the match is global and filtered by scope afterwards, so a
-        # query per scope would score every matching row once per scope.
+    @functools.cached_property
+    def _queries(self) -> dict[str, TextClause]:
+        """The keyword query per dialect, built once (see sessions.py). One query for all scopes:
+        the match is global and filtered by scope afterwards, so a query per scope would score
+        every matching row once per scope."""
         fts = f"{self.table}_fts"
-        if conn.dialect.name == "sqlite":
+        queries = {
             # INDEXED BY: the planner would look each match up in the wide table (migration 8).
-            sql = text(
-                f"SELECT r.seq, -bm25({fts}) FROM {fts} "
+            # `rank` is bm25() (FTS5's default) with the same results, and measured 0.90 against
+            # 1.07 ms per query at 10k memories: FTS5 orders by its own rank column faster.
+            "sqlite": text(
+                f"SELECT r.seq, -{fts}.rank FROM {fts} "
                 f"JOIN {self.table} r INDEXED BY ix_{self.table}_seq_scope ON r.seq = {fts}.rowid "
-                f"WHERE {fts} MATCH :q AND r.scope IN :scopes ORDER BY bm25({fts}) LIMIT :k"
-            )
-            query = fts5_query(words)
-        else:
-            sql = text(
+                f"WHERE {fts} MATCH :q AND r.scope IN :scopes ORDER BY {fts}.rank LIMIT :k"
+            ),
+            "postgresql": text(
                 f"SELECT seq, ts_rank(tsv, q, 1) FROM {self.table}, websearch_to_tsquery('english', :q) q "
                 "WHERE scope IN :scopes AND tsv @@ q ORDER BY 2 DESC LIMIT :k"
-            )
-            query = " or ".join(words)
+            ),
+        }
+        return {name: q.bindparams(bindparam("scopes", expanding=True)) for name, q in queries.items()}
+
+    def scores(self, conn: Connection, scopes: list[str], words: list[str], k: int) -> dict[int, float]:
+        dialect = conn.dialect.name
+        query = fts5_query(words) if dialect == "sqlite" else " or ".join(words)
         params: dict[str, Any] = {"q": query, "scopes": scopes, "k": k * len(scopes)}
-        rows = conn.execute(sql.bindparams(bindparam("scopes", expanding=True)), params)
-        return {int(seq): float(score) for seq, score in rows}
+        return {int(seq): float(score) for seq, score in conn.execute(self._queries[dialect], params)}
 
 
 class Hybrid:

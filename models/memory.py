@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, RowMapping, delete, select
+from sqlalchemy import Connection, RowMapping, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -37,6 +37,18 @@ from session_mcp.models.vectors import ScopedVectors
 
 _M = MemoryRow.__table__  # type: ignore[attr-defined]
 SearchType = Literal["short", "long", "all"]
+
+# Built once (see sessions.py). ON CONFLICT, not a look-up first: two sessions of one user adding
+# the same fact at once must both end with the one memory, never with a unique-constraint error.
+_ADD = {
+    name: insert(_M).on_conflict_do_nothing(index_elements=[_M.c.scope, _M.c.text_hash]).returning(_M.c.seq)
+    for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+_SAME_TEXT = select(_M.c.memory_id).where(_M.c.scope == bindparam("s"), _M.c.text_hash == bindparam("h"))
+_HIT = (_M.c.seq, _M.c.memory_id, _M.c.text, _M.c.memory_type, _M.c.meta, _M.c.created_at)
+_HITS = select(*_HIT).where(
+    _M.c.seq.in_(bindparam("seqs", expanding=True)), _M.c.scope.in_(bindparam("scopes", expanding=True))
+)
 
 
 def scope_of(memory_type: MemoryType, session: SessionRow) -> str:
@@ -97,29 +109,21 @@ class Memory:
             session = self.sessions.writable(conn, session_id, owner)
             scope = scope_of(memory_type, session)
             memory_id = uuid.uuid4().hex
-            insert = sqlite.insert(_M) if self.db.is_sqlite else postgresql.insert(_M)
-            # ON CONFLICT, not a look-up first: two sessions of one user adding the same fact at
-            # once must both end with the one memory, never with a unique-constraint error.
-            seq = conn.execute(
-                insert.values(
-                    memory_id=memory_id,
-                    scope=scope,
-                    session_id=session.session_id,
-                    user_id=session.user_id,
-                    memory_type=memory_type,
-                    text=cleaned,
-                    text_hash=digest,
-                    meta=meta,
-                    created_at=to_db(self.clock.now()),
-                    embedding=vector.astype(np.float32).tobytes(),
-                )
-                .on_conflict_do_nothing(index_elements=[_M.c.scope, _M.c.text_hash])
-                .returning(_M.c.seq)
-            ).scalar_one_or_none()
+            row = {
+                "memory_id": memory_id,
+                "scope": scope,
+                "session_id": session.session_id,
+                "user_id": session.user_id,
+                "memory_type": memory_type,
+                "text": cleaned,
+                "text_hash": digest,
+                "meta": meta,
+                "created_at": to_db(self.clock.now()),
+                "embedding": vector.astype(np.float32).tobytes(),
+            }
+            seq = conn.execute(_ADD[self.db.dialect], row).scalar_one_or_none()
             if seq is None:
-                existing = conn.execute(
-                    select(_M.c.memory_id).where(_M.c.scope == scope, _M.c.text_hash == digest)
-                ).scalar_one()
+                existing = conn.execute(_SAME_TEXT, {"s": scope, "h": digest}).scalar_one()
                 return MemoryAdded(memory_id=existing, memory_type=memory_type, deduplicated=True)
             self.rows.count(conn, scope, 1, int(seq))
         self.vectors.note_added(scope, int(seq), vector)
@@ -165,8 +169,8 @@ class Memory:
 
     @staticmethod
     def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, RowMapping]:
-        query = select(_M).where(_M.c.seq.in_(seqs), _M.c.scope.in_(scopes))
-        return {int(r["seq"]): r for r in conn.execute(query).mappings()}
+        found = conn.execute(_HITS, {"seqs": seqs, "scopes": scopes}).mappings()
+        return {int(r["seq"]): r for r in found}
 
     def delete(self, session_id: str, memory_id: str, *, owner: str | None = None) -> MemoryDeleted:
         with self.db.write() as conn:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
-from sqlalchemy import Connection, Table, case, func, select
+from sqlalchemy import Connection, Table, bindparam, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.database import Database
@@ -23,23 +24,33 @@ class RowVectors:
         self.db = db
         self.table = table
         self.counts = counts
+        # Every search and write runs these, so they are built once (see sessions.py).
+        scopes: Any = bindparam("scopes", expanding=True)
+        r = table.c
+        self._stats: Any = (
+            select(r.scope, func.max(r.seq), func.count()).where(r.scope.in_(scopes)).group_by(r.scope)
+        )
+        self._count: Any = None
+        if counts is not None:
+            c = counts.c
+            self._stats = select(c.scope, c.max_seq, c.row_count).where(c.scope.in_(scopes))
+            insert = sqlite.insert(counts) if db.is_sqlite else postgresql.insert(counts)
+            delta: Any = bindparam("delta")
+            seq: Any = bindparam("seq")
+            self._count = insert.on_conflict_do_update(
+                index_elements=[c.scope],
+                set_={
+                    "row_count": c.row_count + delta,
+                    "max_seq": case((c.max_seq < seq, seq), else_=c.max_seq),
+                },
+            )
 
     def count(self, conn: Connection, scope: str, delta: int, seq: int = 0) -> None:
         """Move the scope's counts row by `delta` rows and up to `seq`, in the caller's write
         transaction (every insert and delete of the table's rows goes through here)."""
-        if self.counts is None:
-            return
-        c = self.counts
-        insert = sqlite.insert(c) if self.db.is_sqlite else postgresql.insert(c)
-        conn.execute(
-            insert.values(scope=scope, row_count=max(delta, 0), max_seq=seq).on_conflict_do_update(
-                index_elements=[c.c.scope],
-                set_={
-                    "row_count": c.c.row_count + delta,
-                    "max_seq": case((c.c.max_seq < seq, seq), else_=c.c.max_seq),
-                },
-            )
-        )
+        if self._count is not None:
+            row = {"scope": scope, "row_count": max(delta, 0), "max_seq": seq}
+            conn.execute(self._count, {**row, "delta": delta, "seq": seq})
 
     def emptied(self, conn: Connection, scopes: Sequence[str]) -> None:
         """The scopes' rows were all deleted in the caller's transaction."""
@@ -73,15 +84,7 @@ class RowReader:
 
     def _read_stats(self, scopes: list[str]) -> dict[str, tuple[int, int]]:
         found: dict[str, tuple[int, int]] = dict.fromkeys(scopes, (0, 0))
-        if self._rows.counts is not None:
-            c = self._rows.counts.c
-            query = select(c.scope, c.max_seq, c.row_count).where(c.scope.in_(scopes))
-        else:
-            r = self._rows.table.c
-            query = (
-                select(r.scope, func.max(r.seq), func.count()).where(r.scope.in_(scopes)).group_by(r.scope)
-            )
-        for scope, max_seq, count in self._conn.execute(query):
+        for scope, max_seq, count in self._conn.execute(self._rows._stats, {"scopes": scopes}):
             found[scope] = (int(max_seq or 0), int(count))
         return found
 

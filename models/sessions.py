@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import JsonValue
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from session_mcp.models.clock import Clock, from_db, iso, to_db
@@ -33,6 +33,20 @@ DEFAULT_USER = "default_user"
 MAX_AGENT_TIMEOUT_SECONDS = 600.0
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _S = SessionRow.__table__  # type: ignore[attr-defined]
+
+# Every tool call runs one of these first, so they are built once: building and cache-keying an
+# expression per call cost ~0.2 ms a statement here, executing a prebuilt one ~0.04 ms.
+# (Parameters named like a column are reserved in an UPDATE, hence `sid`.)
+_READ = select(_S).where(_S.c.session_id == bindparam("sid"))
+_OPEN = (_S.c.session_id == bindparam("sid"), _S.c.status == "active")
+_LIVE = or_(_S.c.expires_at.is_(None), _S.c.expires_at > bindparam("now"))
+_TOUCH = update(_S).where(*_OPEN, _LIVE).values(updated_at=bindparam("now")).returning(*_S.c)
+_TOUCH_OWNED = (
+    update(_S)
+    .where(*_OPEN, _LIVE, _S.c.user_id == bindparam("owner"))
+    .values(updated_at=bindparam("now"))
+    .returning(*_S.c)
+)
 
 
 def check_id(value: str, what: str) -> str:
@@ -87,7 +101,7 @@ class Sessions:
     # -- guards used by every service -------------------------------------------------------------
 
     def readable(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRow:
-        row = conn.execute(select(_S).where(_S.c.session_id == session_id)).mappings().first()
+        row = conn.execute(_READ, {"sid": session_id}).mappings().first()
         if row is None or (owner is not None and row["user_id"] != owner):
             raise SessionNotFound(session_id)
         return SessionRow.model_validate(dict(row))
@@ -99,19 +113,8 @@ class Sessions:
 
         The touch is an UPDATE, so on PostgreSQL it row-locks the session: a close and a write to
         the same session serialise, and no write commits after the close."""
-        now = to_db(self.clock.now())
-        conditions = [
-            _S.c.session_id == session_id,
-            _S.c.status == "active",
-            or_(_S.c.expires_at.is_(None), _S.c.expires_at > now),
-        ]
-        if owner is not None:
-            conditions.append(_S.c.user_id == owner)
-        touched = (
-            conn.execute(update(_S).where(and_(*conditions)).values(updated_at=now).returning(*_S.c))
-            .mappings()
-            .first()
-        )
+        params = {"sid": session_id, "now": to_db(self.clock.now()), "owner": owner}
+        touched = conn.execute(_TOUCH if owner is None else _TOUCH_OWNED, params).mappings().first()
         if touched is None:
             row = self.readable(conn, session_id, owner)
             if row.status == "closed":

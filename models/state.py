@@ -7,7 +7,19 @@ import math
 from typing import Any, NoReturn
 
 from pydantic import JsonValue
-from sqlalchemy import Connection, and_, case, delete, func, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Float,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, to_db
@@ -22,6 +34,78 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 FLOAT_MAX = 1.7976931348623157e308
 _T = StateRow.__table__  # type: ignore[attr-defined]
+_VALUE = ("kind", "num_int", "num_real", "value_json")
+
+
+# Increments: SQL adds to the stored number. The bounds are checked in WHERE against limits
+# computed in Python (`_bounds`), so the database never evaluates an overflowing sum (SQLite
+# would silently turn it into a float, PostgreSQL would raise).
+_N_INT = bindparam("n_int", type_=BigInteger)
+_N_REAL = bindparam("n_real", type_=Float)
+_REAL_ROOM = _T.c.num_real.between(bindparam("real_lo", type_=Float), bindparam("real_hi", type_=Float))
+_ADD_INT_OK = and_(
+    _T.c.kind == "int",
+    _T.c.num_int.between(bindparam("int_lo", type_=BigInteger), bindparam("int_hi", type_=BigInteger)),
+) | and_(_T.c.kind == "real", _REAL_ROOM)
+_ADD_INT = {
+    "num_int": case((_T.c.kind == "int", _T.c.num_int + _N_INT), else_=None),
+    "num_real": case((_T.c.kind == "real", _T.c.num_real + _N_REAL), else_=None),
+}
+_AS_REAL = case((_T.c.kind == "int", _T.c.num_int * literal(1.0)), else_=_T.c.num_real)
+_ADD_REAL_OK = and_(
+    _T.c.kind.in_(["int", "real"]),
+    _AS_REAL.between(bindparam("real_lo", type_=Float), bindparam("real_hi", type_=Float)),
+)
+_ADD_REAL = {"kind": literal("real"), "num_int": None, "num_real": _AS_REAL + _N_REAL}
+_ROW = select(_T).where(_T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k"))
+_KEYS = select(func.count()).where(_T.c.session_id == bindparam("sid"))
+_DELETE = delete(_T).where(_T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k"))
+_COMPARE_AND_SET = (
+    update(_T)
+    .where(
+        _T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k"), _T.c.version == bindparam("expected")
+    )
+    .values(version=_T.c.version + 1)
+    .returning(_T.c.version)
+)
+
+
+def _upserts() -> dict[str, dict[str, Any]]:
+    """The writes of every state tool, built once per dialect (see sessions.py for why). Inserts take
+    their row as column-named parameters; WHERE parameters never use a column's name."""
+    by_dialect: dict[str, dict[str, Any]] = {}
+    for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert)):
+        keys = [_T.c.session_id, _T.c.key]
+        new = insert(_T)
+        bump = {"version": _T.c.version + 1, "updated_at": new.excluded.updated_at}
+        by_dialect[name] = {
+            "set": new.on_conflict_do_update(
+                index_elements=keys, set_={**{c: new.excluded[c] for c in _VALUE}, **bump}
+            ).returning(_T.c.version),
+            "create": new.on_conflict_do_nothing(index_elements=keys).returning(_T.c.version),
+            "add_int": new.on_conflict_do_update(
+                index_elements=keys, set_={**_ADD_INT, **bump}, where=_ADD_INT_OK
+            ).returning(_T.c.kind, _T.c.num_int, _T.c.num_real, _T.c.version),
+            "add_real": new.on_conflict_do_update(
+                index_elements=keys, set_={**_ADD_REAL, **bump}, where=_ADD_REAL_OK
+            ).returning(_T.c.kind, _T.c.num_int, _T.c.num_real, _T.c.version),
+        }
+    return by_dialect
+
+
+_UPSERTS = _upserts()
+
+
+def _bounds(n: int | float) -> dict[str, Any]:
+    """Where a stored number may be for `+ n` to stay in range, as the increment's parameters."""
+    params: dict[str, Any] = {
+        "n_real": float(n),
+        "real_lo": -FLOAT_MAX - min(n, 0),
+        "real_hi": FLOAT_MAX - max(n, 0),
+    }
+    if isinstance(n, int):
+        params.update(n_int=n, int_lo=INT64_MIN - min(n, 0), int_hi=INT64_MAX - max(n, 0))
+    return params
 
 
 def _columns(value: JsonValue, max_bytes: int) -> dict[str, Any]:
@@ -62,6 +146,9 @@ class State:
     def _insert(self) -> Any:
         return sqlite.insert(_T) if self.db.is_sqlite else postgresql.insert(_T)
 
+    def _upsert(self, name: str) -> Any:
+        return _UPSERTS[self.db.dialect][name]
+
     def get(
         self, session_id: str, key: str, default: JsonValue = None, *, owner: str | None = None
     ) -> StateValue:
@@ -95,24 +182,12 @@ class State:
             self.sessions.writable(conn, session_id, owner)
             if expected_version is None or expected_version == 0:
                 self._check_key_room(conn, session_id, key)
-                stmt = self._insert().values(
-                    session_id=session_id, key=key, version=1, updated_at=now, **cols
-                )
-                if expected_version is None:
-                    stmt = stmt.on_conflict_do_update(
-                        index_elements=[_T.c.session_id, _T.c.key],
-                        set_={**cols, "version": _T.c.version + 1, "updated_at": now},
-                    )
-                else:
-                    stmt = stmt.on_conflict_do_nothing(index_elements=[_T.c.session_id, _T.c.key])
-                written = conn.execute(stmt.returning(_T.c.version)).first()
+                stmt = self._upsert("set" if expected_version is None else "create")
+                row = {"session_id": session_id, "key": key, "version": 1, "updated_at": now, **cols}
+                written = conn.execute(stmt, row).first()
             else:
-                written = conn.execute(
-                    update(_T)
-                    .where(_T.c.session_id == session_id, _T.c.key == key, _T.c.version == expected_version)
-                    .values(**cols, version=_T.c.version + 1, updated_at=now)
-                    .returning(_T.c.version)
-                ).first()
+                where = {"sid": session_id, "k": key, "expected": expected_version}
+                written = conn.execute(_COMPARE_AND_SET, {**where, **cols, "updated_at": now}).first()
             if written is None:
                 current = self._row(conn, session_id, key)
                 version = 0 if current is None else current["version"]
@@ -150,44 +225,23 @@ class State:
                 raise OutOfRange(f"{default} + {increment} is outside signed 64-bit; use smaller numbers")
             initial = {"kind": "int", "num_int": start, "num_real": None}
         now = to_db(self.clock.now())
+        stmt = self._upsert("add_real" if isinstance(increment, float) else "add_int")
+        params = {
+            "session_id": session_id,
+            "key": key,
+            "version": 1,
+            "updated_at": now,
+            "value_json": None,
+            **initial,
+            **_bounds(increment),
+        }
         with self.db.write() as conn:
             self.sessions.writable(conn, session_id, owner)
             self._check_key_room(conn, session_id, key)
-            excluded_ok, set_ = self._increment_update(increment)
-            stmt = (
-                self._insert()
-                .values(session_id=session_id, key=key, version=1, updated_at=now, value_json=None, **initial)
-                .on_conflict_do_update(
-                    index_elements=[_T.c.session_id, _T.c.key],
-                    set_={**set_, "version": _T.c.version + 1, "updated_at": now},
-                    where=excluded_ok,
-                )
-                .returning(_T.c.kind, _T.c.num_int, _T.c.num_real, _T.c.version)
-            )
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(stmt, params).mappings().first()
             if row is None:
                 self._explain_refusal(conn, session_id, key, increment)
         return StateWritten(key=key, value=value_of(row), version=row["version"])
-
-    def _increment_update(self, n: int | float) -> tuple[Any, dict[str, Any]]:
-        """The one-statement update: SQL adds to the stored number. The bounds are checked in WHERE
-        against limits computed here, so the database never evaluates an overflowing sum (SQLite
-        would silently turn it into a float, PostgreSQL would raise)."""
-        real_room = (_T.c.num_real <= FLOAT_MAX - n) if n >= 0 else (_T.c.num_real >= -FLOAT_MAX - n)
-        if isinstance(n, float):
-            as_float = case((_T.c.kind == "int", _T.c.num_int * literal(1.0)), else_=_T.c.num_real)
-            room = (as_float <= FLOAT_MAX - n) if n >= 0 else (as_float >= -FLOAT_MAX - n)
-            ok = and_(_T.c.kind.in_(["int", "real"]), room)
-            return ok, {"kind": "real", "num_int": None, "num_real": as_float + literal(n)}
-        if n >= 0:
-            int_ok = and_(_T.c.kind == "int", _T.c.num_int <= INT64_MAX - n)
-        else:
-            int_ok = and_(_T.c.kind == "int", _T.c.num_int >= INT64_MIN - n)
-        real_ok = and_(_T.c.kind == "real", real_room)
-        return int_ok | real_ok, {
-            "num_int": case((_T.c.kind == "int", _T.c.num_int + literal(n)), else_=None),
-            "num_real": case((_T.c.kind == "real", _T.c.num_real + literal(float(n))), else_=None),
-        }
 
     def _explain_refusal(self, conn: Connection, session_id: str, key: str, n: int | float) -> NoReturn:
         row = self._row(conn, session_id, key)
@@ -209,7 +263,7 @@ class State:
         check_key(key)
         with self.db.write() as conn:
             self.sessions.writable(conn, session_id, owner)
-            result = conn.execute(delete(_T).where(_T.c.session_id == session_id, _T.c.key == key))
+            result = conn.execute(_DELETE, {"sid": session_id, "k": key})
         return StateDeleted(key=key, deleted=result.rowcount > 0)
 
     def save(
@@ -237,14 +291,12 @@ class State:
         return StateSnapshot(state=state)
 
     def _row(self, conn: Connection, session_id: str, key: str) -> Any:
-        return (
-            conn.execute(select(_T).where(_T.c.session_id == session_id, _T.c.key == key)).mappings().first()
-        )
+        return conn.execute(_ROW, {"sid": session_id, "k": key}).mappings().first()
 
     def _check_key_room(self, conn: Connection, session_id: str, key: str) -> None:
         if self._row(conn, session_id, key) is not None:
             return
-        count = conn.execute(select(func.count()).where(_T.c.session_id == session_id)).scalar_one()
+        count = conn.execute(_KEYS, {"sid": session_id}).scalar_one()
         if count >= self.limits.max_keys_per_session:
             raise LimitExceeded(
                 f"session '{session_id}' already has {count} state keys, the limit; "
