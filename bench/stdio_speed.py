@@ -412,9 +412,10 @@ async def noop_baseline(work: Path, runs: int, calls: int) -> dict[str, Any]:
     starts = []
     tool_times: list[float] = []
     ping_times: list[float] = []
-    for run in range(runs):
+    for run in range(max(runs, 1)):  # the no-op tool's call times need one server even with runs=0
         async with spawn(command, {}, work / "noop.log") as srv:
-            starts.append(srv.listed_at - srv.spawned_at)
+            if run < runs:
+                starts.append(srv.listed_at - srv.spawned_at)
             if run == 0:
                 for _ in range(20):
                     await srv.ping()
@@ -426,7 +427,7 @@ async def noop_baseline(work: Path, runs: int, calls: int) -> dict[str, Any]:
                 tool_times, ping_times = await interleaved(srv, noop, calls)
     return {
         "start_s_runs": [round(s, 3) for s in starts],
-        "start_s_median": round(statistics.median(starts), 3),
+        "start_s_median": round(statistics.median(starts), 3) if starts else None,
         "noop_tool": summary(tool_times),
         "ping": summary(ping_times),
     }
@@ -614,6 +615,8 @@ async def restart_phase(srv: Server, query: str) -> dict[str, Any]:
 
 
 def fmt(x: Any, unit: str = "") -> str:
+    if x is None:
+        return "-"
     if isinstance(x, float):
         if math.isnan(x):
             return "-"
