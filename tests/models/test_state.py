@@ -104,6 +104,18 @@ def test_float_overflow_is_out_of_range(layer: SessionLayer, sid: str) -> None:
     assert layer.state.get(sid, "f").value == 1.7e308
 
 
+def test_float_overflow_downwards_is_out_of_range_and_whole_increments_still_add(
+    layer: SessionLayer, sid: str
+) -> None:
+    layer.state.set(sid, "f", -1.7e308)
+    with pytest.raises(OutOfRange):
+        layer.state.increment(sid, "f", -1.7e308)
+    assert layer.state.get(sid, "f").version == 1
+    layer.state.set(sid, "g", -0.5)
+    got = layer.state.increment(sid, "g", -(2**62))  # an int added to a stored float
+    assert got.value == -0.5 - 2**62 and isinstance(got.value, float) and got.version == 2
+
+
 def test_big_json_int_cannot_be_incremented(layer: SessionLayer, sid: str) -> None:
     layer.state.set(sid, "big", 2**70)
     with pytest.raises(OutOfRange):
