@@ -14,7 +14,7 @@ from sqlalchemy import Connection, RowMapping, TextClause, bindparam, text
 
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ranking import fts5_query, fuse, keywords
-from session_mcp.models.rowvectors import RowVectors
+from session_mcp.models.rowvectors import RowReader, RowVectors
 from session_mcp.models.vectors import ScopedVectors
 
 
@@ -54,9 +54,32 @@ class FullText:
         return {int(seq): float(score) for seq, score in conn.execute(self._queries[dialect], params)}
 
 
+Fetch = Callable[[Connection, list[int], list[str]], Mapping[int, RowMapping]]
+"""A store's row fetch: the rows of these seqs that lie within these scopes, by seq."""
+Found = list[tuple[RowMapping, float]]
+QueryVector = NDArray[np.float32] | Future[NDArray[np.float32]]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a search read before it needed the query's vector."""
+
+    scopes: list[str]
+    limit: int
+    dense_weight: float
+    keyword: dict[int, float]
+    source: RowReader | None
+
+    @property
+    def candidates(self) -> int:
+        """How many candidates each of keyword and vector search contributes to the fusion."""
+        return max(self.limit * 5, 50)
+
+
 class Hybrid:
-    """Ranks inside the caller's read transaction: the cache catch-up, the full-text query and
-    the caller's row fetch all see one snapshot, on one pooled connection."""
+    """Searches inside the caller's read transaction: the full-text query, the cache catch-up and
+    the row fetch all see one snapshot, on one pooled connection (handed between threads by
+    `Embedder.embed_beside`, never used by two at once)."""
 
     def __init__(
         self, embedder: Embedder, vectors: ScopedVectors, rows: RowVectors, fulltext: FullText
@@ -66,32 +89,31 @@ class Hybrid:
         self.rows = rows
         self.fulltext = fulltext
 
-    def rank(
-        self,
-        conn: Connection,
-        scopes: list[str],
-        query: str,
-        limit: int,
-        dense_weight: float,
-        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
-    ) -> list[tuple[int, float]]:
-        """The best `2 * limit` (seq, score) candidates, best first; the caller joins them to rows,
-        which drops any the caches still hold after a delete. Pass `vector` when the query is
-        already embedded (get_context searches several stores with one query), or being embedded
-        (`Embedder.embed_soon`): the SQL below then runs while the model does."""
-        candidates = max(limit * 5, 50)
-        if dense_weight > 0 and vector is None:
-            vector = self.embedder.embed_soon(query)
+    def read(
+        self, conn: Connection, scopes: list[str], query: str, limit: int, dense_weight: float
+    ) -> Reading:
+        """The part of a search that needs no query vector, inside the caller's transaction: the
+        full-text scores and every scope's freshness (one query for all of them)."""
         words = keywords(query) if dense_weight < 1 else []
-        keyword = self.fulltext.scores(conn, scopes, words, candidates) if words else {}
+        reading = Reading(scopes, limit, dense_weight, {}, None)
+        keyword = self.fulltext.scores(conn, scopes, words, reading.candidates) if words else {}
+        source = self.rows.reader(conn, scopes) if dense_weight > 0 else None
+        return Reading(scopes, limit, dense_weight, keyword, source)
+
+    def finish(self, conn: Connection, reading: Reading, vector: QueryVector | None, fetch: Fetch) -> Found:
+        """The best `limit` (row, score) pairs, best first: the vector caches (caught up to the
+        reading's snapshot) searched with the query's vector, fused with the full-text scores, and
+        the rows `fetch` finds for the best seqs within the scopes. A candidate whose row is gone
+        (deleted since the cache saw it) is skipped: the database wins."""
         dense: dict[int, float] = {}
-        if dense_weight > 0:
-            source = self.rows.reader(conn, scopes)  # every scope's freshness in one query
+        if reading.source is not None:
             assert vector is not None
             query_vector = vector.result() if isinstance(vector, Future) else vector
-            for scope in scopes:
-                dense.update(self.vectors.search(scope, query_vector, candidates, source))
-        return fuse(dense, keyword, dense_weight)[: limit * 2]
+            for scope in reading.scopes:
+                dense.update(self.vectors.search(scope, query_vector, reading.candidates, reading.source))
+        ranked = fuse(dense, reading.keyword, reading.dense_weight)[: reading.limit * 2]
+        rows = fetch(conn, [seq for seq, _ in ranked], reading.scopes) if ranked else {}
+        return [(rows[seq], score) for seq, score in ranked if seq in rows][: reading.limit]
 
     def search(
         self,
@@ -100,13 +122,12 @@ class Hybrid:
         query: str,
         limit: int,
         dense_weight: float,
-        fetch: Callable[[Connection, list[int], list[str]], Mapping[int, RowMapping]],
-        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
-    ) -> list[tuple[RowMapping, float]]:
-        """The best `limit` (row, score) pairs, best first: `rank`, then the rows `fetch` finds for
-        those seqs within `scopes`. A candidate whose row is gone (deleted since the cache saw it)
-        is skipped: the database wins."""
-        ranked = self.rank(conn, scopes, query, limit, dense_weight, vector)
-        rows = fetch(conn, [seq for seq, _ in ranked], scopes) if ranked else {}
-        found = [(rows[seq], score) for seq, score in ranked if seq in rows]
-        return found[:limit]
+        fetch: Fetch,
+        vector: QueryVector | None = None,
+    ) -> Found:
+        """`read`, then `finish`. Pass `vector` when the query is already embedded (get_context
+        searches several stores with one query) or being embedded (`Embedder.embed_soon`);
+        without it the model runs on a batch thread while `read` runs here."""
+        if dense_weight > 0 and vector is None:
+            vector = self.embedder.embed_soon(query)
+        return self.finish(conn, self.read(conn, scopes, query, limit, dense_weight), vector, fetch)

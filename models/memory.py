@@ -19,7 +19,7 @@ from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
-from session_mcp.models.hybrid import FullText, Hybrid
+from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
 from session_mcp.models.limits import Limits
 from session_mcp.models.ranking import DENSE_WEIGHT
 from session_mcp.models.rowvectors import RowVectors
@@ -139,11 +139,16 @@ class Memory:
         owner: str | None = None,
     ) -> MemoryResults:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
-        vector = self.embedder.embed_soon(cleaned)  # computed while the session is checked
         with self.db.read() as conn:
-            session = self.sessions.local(conn, session_id, owner)
-            hits = self.search_scopes(conn, scopes_for(memory_type, session), cleaned, limit, vector)
-        return MemoryResults(results=hits)
+
+            def read() -> Reading:  # on a batch thread, while this one embeds the query
+                session = self.sessions.local(conn, session_id, owner)
+                scopes = scopes_for(memory_type, session)
+                return self.hybrid.read(conn, scopes, cleaned, limit, self.dense_weight)
+
+            vector, reading = self.embedder.embed_beside(cleaned, read)
+            found = self.hybrid.finish(conn, reading, vector, self._rows)
+        return MemoryResults(results=self._hits(found))
 
     def search_scopes(
         self,
@@ -154,7 +159,12 @@ class Memory:
         vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
     ) -> list[MemoryHit]:
         """Search inside the caller's read transaction."""
-        found = self.hybrid.search(conn, scopes, query, limit, self.dense_weight, self._rows, vector)
+        return self._hits(
+            self.hybrid.search(conn, scopes, query, limit, self.dense_weight, self._rows, vector)
+        )
+
+    @staticmethod
+    def _hits(found: Found) -> list[MemoryHit]:
         return [
             MemoryHit(
                 memory_id=row["memory_id"],
