@@ -60,6 +60,11 @@ Found = list[tuple[RowMapping, float]]
 QueryVector = NDArray[np.float32] | Future[NDArray[np.float32]]
 
 
+def candidates(limit: int) -> int:
+    """How many candidates each of keyword and vector search brings to the fusion."""
+    return max(limit * 5, 50)
+
+
 @dataclass(frozen=True)
 class Reading:
     """What a search read before it needed the query's vector."""
@@ -69,11 +74,6 @@ class Reading:
     dense_weight: float
     keyword: dict[int, float]
     source: RowReader | None
-
-    @property
-    def candidates(self) -> int:
-        """How many candidates each of keyword and vector search contributes to the fusion."""
-        return max(self.limit * 5, 50)
 
 
 class Hybrid:
@@ -95,8 +95,7 @@ class Hybrid:
         """The part of a search that needs no query vector, inside the caller's transaction: the
         full-text scores and every scope's freshness (one query for all of them)."""
         words = keywords(query) if dense_weight < 1 else []
-        reading = Reading(scopes, limit, dense_weight, {}, None)
-        keyword = self.fulltext.scores(conn, scopes, words, reading.candidates) if words else {}
+        keyword = self.fulltext.scores(conn, scopes, words, candidates(limit)) if words else {}
         source = self.rows.reader(conn, scopes) if dense_weight > 0 else None
         return Reading(scopes, limit, dense_weight, keyword, source)
 
@@ -110,10 +109,33 @@ class Hybrid:
             assert vector is not None
             query_vector = vector.result() if isinstance(vector, Future) else vector
             for scope in reading.scopes:
-                dense.update(self.vectors.search(scope, query_vector, reading.candidates, reading.source))
+                dense.update(
+                    self.vectors.search(scope, query_vector, candidates(reading.limit), reading.source)
+                )
         ranked = fuse(dense, reading.keyword, reading.dense_weight)[: reading.limit * 2]
         rows = fetch(conn, [seq for seq, _ in ranked], reading.scopes) if ranked else {}
         return [(rows[seq], score) for seq, score in ranked if seq in rows][: reading.limit]
+
+    def answer(
+        self,
+        conn: Connection,
+        scopes: Callable[[], list[str]],
+        query: str,
+        limit: int,
+        dense_weight: float,
+        fetch: Fetch,
+    ) -> Found:
+        """One search request: `scopes()` (the caller's session check, which names the scopes) and
+        `read` run on a batch thread while this thread embeds the query (`Embedder.embed_beside`),
+        then `finish`. A keyword-only search embeds nothing."""
+
+        def read() -> Reading:
+            return self.read(conn, scopes(), query, limit, dense_weight)
+
+        if dense_weight <= 0:
+            return self.finish(conn, read(), None, fetch)
+        vector, reading = self.embedder.embed_beside(query, read)
+        return self.finish(conn, reading, vector, fetch)
 
     def search(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, Row, RowMapping, delete, select, update
+from sqlalchemy import Connection, Row, RowMapping, bindparam, delete, select, update
 
 from session_mcp.models.chunking import Chunker
 from session_mcp.models.clock import Clock, from_db, to_db
@@ -33,7 +33,7 @@ from session_mcp.models.errors import (
     SessionError,
     SessionExpired,
 )
-from session_mcp.models.hybrid import FullText, Hybrid
+from session_mcp.models.hybrid import Found, FullText, Hybrid
 from session_mcp.models.ingestion import (
     Fetch,
     Kind,
@@ -69,6 +69,16 @@ from session_mcp.models.vectors import ScopedVectors
 
 _D = DocumentRow.__table__  # type: ignore[attr-defined]
 _C = ChunkRow.__table__  # type: ignore[attr-defined]
+_WEIGHTS: dict[str, float] = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}
+"""The vector side's share of each search mode's fused score."""
+# A hit's columns, without the embedding; built once (see sessions.py).
+_HITS = (
+    select(*(c for c in _C.c if c.name != "embedding"), _D.c.source, _D.c.title)
+    .join(_D, _D.c.document_id == _C.c.document_id)
+    .where(
+        _C.c.seq.in_(bindparam("seqs", expanding=True)), _C.c.scope.in_(bindparam("scopes", expanding=True))
+    )
+)
 SearchMode = Literal["hybrid", "vector", "keyword"]
 Progress = Callable[[float, float | None, str], None]
 _EMBED_BATCH = 64
@@ -325,9 +335,12 @@ class Knowledge:
     ) -> KnowledgeResults:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         with self.db.read() as conn:
-            session = self._readable(conn, session_id, owner)
-            hits = self.search_scopes(conn, scopes_of(session), cleaned, limit, mode)
-        return KnowledgeResults(results=hits)
+
+            def scopes() -> list[str]:  # on a batch thread, while this one embeds the query
+                return scopes_of(self._readable(conn, session_id, owner))
+
+            found = self.hybrid.answer(conn, scopes, cleaned, limit, _WEIGHTS[mode], self._rows)
+        return KnowledgeResults(results=self._hits(found))
 
     def search_scopes(
         self,
@@ -339,8 +352,10 @@ class Knowledge:
         vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
     ) -> list[KnowledgeHit]:
         """Search inside the caller's read transaction."""
-        weight = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}[mode]
-        found = self.hybrid.search(conn, scopes, query, limit, weight, self._rows, vector)
+        return self._hits(self.hybrid.search(conn, scopes, query, limit, _WEIGHTS[mode], self._rows, vector))
+
+    @staticmethod
+    def _hits(found: Found) -> list[KnowledgeHit]:
         return [
             KnowledgeHit(
                 chunk_id=row["chunk_id"],
@@ -358,12 +373,8 @@ class Knowledge:
 
     @staticmethod
     def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, RowMapping]:
-        query = (
-            select(_C, _D.c.source, _D.c.title)
-            .join(_D, _D.c.document_id == _C.c.document_id)
-            .where(_C.c.seq.in_(seqs), _C.c.scope.in_(scopes))
-        )
-        return {int(r["seq"]): r for r in conn.execute(query).mappings()}
+        found = conn.execute(_HITS, {"seqs": seqs, "scopes": scopes}).mappings()
+        return {int(r["seq"]): r for r in found}
 
     # -- list and delete --------------------------------------------------------------------------
 

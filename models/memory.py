@@ -19,7 +19,7 @@ from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
-from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
+from session_mcp.models.hybrid import Found, FullText, Hybrid
 from session_mcp.models.limits import Limits
 from session_mcp.models.ranking import DENSE_WEIGHT
 from session_mcp.models.rowvectors import RowVectors
@@ -141,13 +141,10 @@ class Memory:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         with self.db.read() as conn:
 
-            def read() -> Reading:  # on a batch thread, while this one embeds the query
-                session = self.sessions.local(conn, session_id, owner)
-                scopes = scopes_for(memory_type, session)
-                return self.hybrid.read(conn, scopes, cleaned, limit, self.dense_weight)
+            def scopes() -> list[str]:  # on a batch thread, while this one embeds the query
+                return scopes_for(memory_type, self.sessions.local(conn, session_id, owner))
 
-            vector, reading = self.embedder.embed_beside(cleaned, read)
-            found = self.hybrid.finish(conn, reading, vector, self._rows)
+            found = self.hybrid.answer(conn, scopes, cleaned, limit, self.dense_weight, self._rows)
         return MemoryResults(results=self._hits(found))
 
     def search_scopes(
