@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,34 @@ def test_unloadable_model_file_is_an_engine_error(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match=r"garbage\.onnx"):
         emb.embed(["anything"])
     assert not emb.loaded
+
+
+def test_a_model_that_cannot_be_prepared_is_an_engine_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    emb = Embedder(model_path=garbage, cache_dir=tmp_path / "cache")
+    with pytest.raises(
+        EngineError, match=r"could not prepare the int8-dynamic embedding model from .*garbage\.onnx"
+    ):
+        emb.embed(["anything"])
+    assert not emb.loaded
+
+
+def test_the_model_is_prepared_in_a_child_process(tmp_path: Path) -> None:
+    """The one-time conversion peaks at ~700 MB: the process that serves must never hold it."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from session_mcp.models.embedder import Embedder\n"
+        f"Embedder(cache_dir=Path({str(tmp_path / 'cache')!r})).warm()\n"
+        "print([m for m in ('onnx', 'onnxruntime.quantization') if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # the converters were imported, and ran, elsewhere
+    assert len(list((tmp_path / "cache").glob("minilm-int8dyn-*.onnx"))) == 1
 
 
 def test_unknown_variant_is_rejected(tmp_path: Path) -> None:
