@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import RowMapping, select
 
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.history import Histories
+from session_mcp.models.hybrid import Reading
 from session_mcp.models.knowledge import Knowledge, scopes_of
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import Memory, clean_text, scope_of
-from session_mcp.models.schemas import ContextItem, ContextResult
+from session_mcp.models.schemas import ContextItem, ContextResult, MemoryType, Message
 from session_mcp.models.sessions import Sessions
 from session_mcp.models.state import value_of
 from session_mcp.models.tables import StateRow
@@ -28,6 +29,20 @@ HEADINGS = {
     "recent_conversation": "## Recent conversation",
 }
 ORDER = list(HEADINGS)
+_MEMORY_SECTIONS: tuple[tuple[str, MemoryType], ...] = (
+    ("long_term_memory", "long"),
+    ("session_memory", "short"),
+)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What get_context reads before it needs the query's vector."""
+
+    state_rows: list[RowMapping]
+    messages: list[Message]
+    memory: dict[str, Reading]
+    knowledge: Reading | None
 
 
 @dataclass
@@ -70,26 +85,35 @@ class Contexts:
     ) -> ContextResult:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         budget = min(max_tokens, self.limits.context_max_tokens)
-        # Once, for every store searched below, and computed while the session and state are read.
-        vector = self.embedder.embed_soon(cleaned)
         with self.db.read() as conn:  # one snapshot for every section
-            session = self.sessions.local(conn, session_id, owner)
-            state_rows = list(
-                conn.execute(
-                    select(_T).where(_T.c.session_id == session_id).order_by(_T.c.updated_at.desc(), _T.c.key)
-                ).mappings()
-            )
-            messages = self.histories.recent(conn, session_id, None, max_items)
+
+            def read() -> _Read:  # on a batch thread, while this one embeds the query (once, for all)
+                session = self.sessions.local(conn, session_id, owner)
+                state_rows = list(
+                    conn.execute(
+                        select(_T)
+                        .where(_T.c.session_id == session_id)
+                        .order_by(_T.c.updated_at.desc(), _T.c.key)
+                    ).mappings()
+                )
+                messages = self.histories.recent(conn, session_id, None, max_items)
+                memory = {
+                    name: self.memory.read(conn, [scope_of(memory_type, session)], cleaned, max_items)
+                    for name, memory_type in _MEMORY_SECTIONS
+                }
+                knowledge = None
+                if self.knowledge is not None and not session.agent_url:
+                    knowledge = self.knowledge.read(conn, scopes_of(session), cleaned, max_items)
+                return _Read(state_rows, messages, memory, knowledge)
+
+            vector, got = self.embedder.embed_beside(cleaned, read)
             sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
-            for name, memory_type in (("long_term_memory", "long"), ("session_memory", "short")):
-                scope = scope_of(memory_type, session)  # type: ignore[arg-type]
-                for hit in self.memory.search_scopes(conn, [scope], cleaned, max_items, vector):
+            for name, reading in got.memory.items():
+                for hit in self.memory.finish(conn, reading, vector):
                     item = ContextItem(section=name, source_id=hit.memory_id, text=hit.text, score=hit.score)  # type: ignore[arg-type]
                     sections[name].append(_Candidate(item, f"- {hit.text}"))
-            if self.knowledge is not None and not session.agent_url:
-                for passage in self.knowledge.search_scopes(
-                    conn, scopes_of(session), cleaned, max_items, "hybrid", vector
-                ):
+            if got.knowledge is not None and self.knowledge is not None:
+                for passage in self.knowledge.finish(conn, got.knowledge, vector):
                     where = (
                         f"{passage.title}, p. {passage.page}" if passage.page is not None else passage.title
                     )
@@ -102,6 +126,7 @@ class Contexts:
                     sections["knowledge"].append(
                         _Candidate(item, f"- [{where}] {' '.join(passage.text.split())}")
                     )
+        state_rows, messages = got.state_rows, got.messages
         words = {w for w in cleaned.lower().split() if len(w) > 2}
         # State keys the query mentions come first, then the most recently changed.
         state_rows.sort(key=lambda r: 0 if any(w in r["key"].lower() for w in words) else 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +56,6 @@ class FullText:
 Fetch = Callable[[Connection, list[int], list[str]], Mapping[int, RowMapping]]
 """A store's row fetch: the rows of these seqs that lie within these scopes, by seq."""
 Found = list[tuple[RowMapping, float]]
-QueryVector = NDArray[np.float32] | Future[NDArray[np.float32]]
 
 
 def candidates(limit: int) -> int:
@@ -99,7 +97,9 @@ class Hybrid:
         source = self.rows.reader(conn, scopes) if dense_weight > 0 else None
         return Reading(scopes, limit, dense_weight, keyword, source)
 
-    def finish(self, conn: Connection, reading: Reading, vector: QueryVector | None, fetch: Fetch) -> Found:
+    def finish(
+        self, conn: Connection, reading: Reading, vector: NDArray[np.float32] | None, fetch: Fetch
+    ) -> Found:
         """The best `limit` (row, score) pairs, best first: the vector caches (caught up to the
         reading's snapshot) searched with the query's vector, fused with the full-text scores, and
         the rows `fetch` finds for the best seqs within the scopes. A candidate whose row is gone
@@ -107,11 +107,8 @@ class Hybrid:
         dense: dict[int, float] = {}
         if reading.source is not None:
             assert vector is not None
-            query_vector = vector.result() if isinstance(vector, Future) else vector
             for scope in reading.scopes:
-                dense.update(
-                    self.vectors.search(scope, query_vector, candidates(reading.limit), reading.source)
-                )
+                dense.update(self.vectors.search(scope, vector, candidates(reading.limit), reading.source))
         ranked = fuse(dense, reading.keyword, reading.dense_weight)[: reading.limit * 2]
         rows = fetch(conn, [seq for seq, _ in ranked], reading.scopes) if ranked else {}
         return [(rows[seq], score) for seq, score in ranked if seq in rows][: reading.limit]
@@ -136,20 +133,3 @@ class Hybrid:
             return self.finish(conn, read(), None, fetch)
         vector, reading = self.embedder.embed_beside(query, read)
         return self.finish(conn, reading, vector, fetch)
-
-    def search(
-        self,
-        conn: Connection,
-        scopes: list[str],
-        query: str,
-        limit: int,
-        dense_weight: float,
-        fetch: Fetch,
-        vector: QueryVector | None = None,
-    ) -> Found:
-        """`read`, then `finish`. Pass `vector` when the query is already embedded (get_context
-        searches several stores with one query) or being embedded (`Embedder.embed_soon`);
-        without it the model runs on a batch thread while `read` runs here."""
-        if dense_weight > 0 and vector is None:
-            vector = self.embedder.embed_soon(query)
-        return self.finish(conn, self.read(conn, scopes, query, limit, dense_weight), vector, fetch)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +32,7 @@ from session_mcp.models.errors import (
     SessionError,
     SessionExpired,
 )
-from session_mcp.models.hybrid import Found, FullText, Hybrid
+from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
 from session_mcp.models.ingestion import (
     Fetch,
     Kind,
@@ -342,17 +341,13 @@ class Knowledge:
             found = self.hybrid.answer(conn, scopes, cleaned, limit, _WEIGHTS[mode], self._rows)
         return KnowledgeResults(results=self._hits(found))
 
-    def search_scopes(
-        self,
-        conn: Connection,
-        scopes: list[str],
-        query: str,
-        limit: int,
-        mode: SearchMode = "hybrid",
-        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
-    ) -> list[KnowledgeHit]:
-        """Search inside the caller's read transaction."""
-        return self._hits(self.hybrid.search(conn, scopes, query, limit, _WEIGHTS[mode], self._rows, vector))
+    def read(self, conn: Connection, scopes: list[str], query: str, limit: int) -> Reading:
+        """A hybrid search's SQL that needs no vector, inside the caller's transaction (get_context)."""
+        return self.hybrid.read(conn, scopes, query, limit, _WEIGHTS["hybrid"])
+
+    def finish(self, conn: Connection, reading: Reading, vector: NDArray[np.float32]) -> list[KnowledgeHit]:
+        """The rest of the search `read` began, with the query's vector."""
+        return self._hits(self.hybrid.finish(conn, reading, vector, self._rows))
 
     @staticmethod
     def _hits(found: Found) -> list[KnowledgeHit]:

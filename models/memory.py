@@ -6,7 +6,6 @@ import hashlib
 import json
 import unicodedata
 import uuid
-from concurrent.futures import Future
 from typing import Literal
 
 import numpy as np
@@ -19,7 +18,7 @@ from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
-from session_mcp.models.hybrid import Found, FullText, Hybrid
+from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
 from session_mcp.models.limits import Limits
 from session_mcp.models.ranking import DENSE_WEIGHT
 from session_mcp.models.rowvectors import RowVectors
@@ -147,18 +146,13 @@ class Memory:
             found = self.hybrid.answer(conn, scopes, cleaned, limit, self.dense_weight, self._rows)
         return MemoryResults(results=self._hits(found))
 
-    def search_scopes(
-        self,
-        conn: Connection,
-        scopes: list[str],
-        query: str,
-        limit: int,
-        vector: NDArray[np.float32] | Future[NDArray[np.float32]] | None = None,
-    ) -> list[MemoryHit]:
-        """Search inside the caller's read transaction."""
-        return self._hits(
-            self.hybrid.search(conn, scopes, query, limit, self.dense_weight, self._rows, vector)
-        )
+    def read(self, conn: Connection, scopes: list[str], query: str, limit: int) -> Reading:
+        """A search's SQL that needs no vector, inside the caller's transaction (get_context)."""
+        return self.hybrid.read(conn, scopes, query, limit, self.dense_weight)
+
+    def finish(self, conn: Connection, reading: Reading, vector: NDArray[np.float32]) -> list[MemoryHit]:
+        """The rest of the search `read` began, with the query's vector."""
+        return self._hits(self.hybrid.finish(conn, reading, vector, self._rows))
 
     @staticmethod
     def _hits(found: Found) -> list[MemoryHit]:
