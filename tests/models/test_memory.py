@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
@@ -149,3 +151,25 @@ def test_same_fact_added_at_once_from_two_sessions_is_stored_once(layer: Session
         t.join()
     assert len({r.memory_id for r in results}) == 1
     assert sum(not r.deduplicated for r in results) == 1
+
+
+def test_searches_in_flight_each_answer_as_they_would_alone(layer: SessionLayer, alice: str) -> None:
+    """Each search hands its transaction's connection to a batch thread and back (embed_beside):
+    many at once must neither mix their snapshots nor their results."""
+    for i in range(40):
+        layer.memory.add(
+            alice, f"Fact {i}: the {['red', 'blue', 'green', 'amber'][i % 4]} box holds item {i}"
+        )
+    queries = [f"which box holds item {i}" for i in range(0, 40, 2)] + [
+        "amber",
+        "green box",
+        "nothing at all",
+    ]
+    alone = [layer.memory.search(alice, q, limit=3).results for q in queries]
+    context_alone = [layer.context.build(alice, q).context for q in queries[:6]]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda q: layer.memory.search(alice, q, limit=3).results, queries * 3))
+        context_together = list(pool.map(lambda q: layer.context.build(alice, q).context, queries[:6] * 3))
+    assert together == alone * 3
+    assert context_together == context_alone * 3
+    assert all(hits for hits in alone[:-1])
