@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from session_mcp.server.app import build_server
+from session_mcp.server.pipes import serve_stdio
 from session_mcp.server.settings import Settings
 from session_mcp.tools import ALL_TOOLS
 
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         return _serve_http(settings, args.transport)
     server = build_server(settings)
-    server.run("stdio")
+    serve_stdio(server)
     return 0
 
 
