@@ -147,6 +147,9 @@ class Contexts:
         chosen: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
         seen: set[str] = set()
         used = 0
+        # Every line's tokens in one tokenizer call: one call per line took 0.8 ms per build.
+        texts = [*HEADINGS.values(), *(c.line for cands in sections.values() for c in cands)]
+        tokens = dict(zip(texts, self.embedder.count_tokens_batch(texts), strict=True))
         queues = {name: list(cands) for name, cands in sections.items()}
         progress = True
         while progress:
@@ -157,9 +160,9 @@ class Contexts:
                     key = _normalised(candidate.item.text)
                     if key in seen:
                         continue
-                    cost = self.embedder.count_tokens(candidate.line) + 1
+                    cost = tokens[candidate.line] + 1
                     if not chosen[name]:
-                        cost += self.embedder.count_tokens(HEADINGS[name]) + 2
+                        cost += tokens[HEADINGS[name]] + 2
                     if used + cost > budget:
                         continue  # too long for what is left; a shorter line may still fit
                     seen.add(key)

@@ -92,10 +92,13 @@ class Hybrid:
     ) -> Reading:
         """The part of a search that needs no query vector, inside the caller's transaction: the
         full-text scores and every scope's freshness (one query for all of them)."""
-        words = keywords(query) if dense_weight < 1 else []
+        source = self.rows.reader(conn, scopes)  # every scope's row count, in one query
+        # An empty scope is left out: the full-text match is global and filtered by scope after,
+        # so even a query for an empty scope scores every matching row of everyone's (1 ms at 10k).
+        scopes = [scope for scope in scopes if source.stats(scope)[1] > 0]
+        words = keywords(query) if dense_weight < 1 and scopes else []
         keyword = self.fulltext.scores(conn, scopes, words, candidates(limit)) if words else {}
-        source = self.rows.reader(conn, scopes) if dense_weight > 0 else None
-        return Reading(scopes, limit, dense_weight, keyword, source)
+        return Reading(scopes, limit, dense_weight, keyword, source if dense_weight > 0 else None)
 
     def finish(
         self, conn: Connection, reading: Reading, vector: NDArray[np.float32] | None, fetch: Fetch
