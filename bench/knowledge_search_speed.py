@@ -18,7 +18,7 @@ would take ~1 h on this 2-core machine, so:
 Queries are other pool sentences (not their chunks), each run in every mode, interleaved.
 
 Phases:
-  exact   a layer with exact_search_below above the size: every search is the float32 matrix
+  exact   a layer with exact_search_below above the size: every search is the float16 matrix
           (the service's behaviour at any size until its HNSW index is ready, and its fallback).
   hnsw    (--hnsw) a fresh layer with the default exact_search_below (20,000): the first search
           queues the background HNSW build; searches run once `wait_idle` says it is done
@@ -43,7 +43,7 @@ MCP `ping`, all in a shuffled order per query; reported: p50/p90/p99 and the rat
 ping p50. The first knowledge_search after tools/list (it loads the model and the scope's chunk
 matrix, or its saved HNSW index) is reported separately.
   exact   the server with SESSION_MCP_EXACT_SEARCH_BELOW above the size: every vector search is
-          the float32 matrix (the server's behaviour until its HNSW index exists).
+          the float16 matrix (the server's behaviour until its HNSW index exists).
   hnsw    (--hnsw) the index is built in this process (as above) and saved to the data dir; the
           server runs with default settings and loads it on its first search.
 Results: bench/results/knowledge_search_speed_stdio.json.
