@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import RowMapping, select
+from sqlalchemy import RowMapping, bindparam, select
 
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
@@ -20,6 +20,9 @@ from session_mcp.models.state import value_of
 from session_mcp.models.tables import StateRow
 
 _T = StateRow.__table__  # type: ignore[attr-defined]
+_STATE = (  # built once (see sessions.py): the most recently changed first
+    select(_T).where(_T.c.session_id == bindparam("sid")).order_by(_T.c.updated_at.desc(), _T.c.key)
+)
 
 HEADINGS = {
     "long_term_memory": "## What I know about the user (long-term memory)",
@@ -89,13 +92,7 @@ class Contexts:
 
             def read() -> _Read:  # on a batch thread, while this one embeds the query (once, for all)
                 session = self.sessions.local(conn, session_id, owner)
-                state_rows = list(
-                    conn.execute(
-                        select(_T)
-                        .where(_T.c.session_id == session_id)
-                        .order_by(_T.c.updated_at.desc(), _T.c.key)
-                    ).mappings()
-                )
+                state_rows = list(conn.execute(_STATE, {"sid": session_id}).mappings())
                 messages = self.histories.recent(conn, session_id, None, max_items)
                 memory = {
                     name: self.memory.read(conn, [scope_of(memory_type, session)], cleaned, max_items)

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from pydantic import JsonValue
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database
@@ -20,6 +20,20 @@ from session_mcp.models.tables import MessageRow, SessionRow
 
 _H = MessageRow.__table__  # type: ignore[attr-defined]
 _S = SessionRow.__table__  # type: ignore[attr-defined]
+
+# Built once (see sessions.py). The counter lives on the session row, so positions are dense and
+# never race. Parameters never take a column's name (reserved in an UPDATE or INSERT).
+_NEXT_POSITION = (
+    update(_S)
+    .where(_S.c.session_id == bindparam("sid"))
+    .values(message_count=_S.c.message_count + 1)
+    .returning(_S.c.message_count)
+)
+_NEWEST = select(_H).where(_H.c.session_id == bindparam("sid"))
+_RECENT = _NEWEST.order_by(_H.c.position.desc()).limit(bindparam("n"))
+_RECENT_OF_AGENT = (
+    _NEWEST.where(_H.c.agent == bindparam("of")).order_by(_H.c.position.desc()).limit(bindparam("n"))
+)
 
 
 def as_message(row: Any) -> Message:
@@ -81,29 +95,19 @@ class Histories:
     ) -> MessageAdded:
         """Append one message in the caller's transaction, after its own checks (`writable` first)."""
         message_id = uuid.uuid4().hex
-        # The counter lives on the session row, so positions are dense and never race.
-        position = (
-            conn.execute(
-                update(_S)
-                .where(_S.c.session_id == session_id)
-                .values(message_count=_S.c.message_count + 1)
-                .returning(_S.c.message_count)
-            ).scalar_one()
-            - 1
-        )
-        conn.execute(
-            _H.insert().values(
-                message_id=message_id,
-                session_id=session_id,
-                position=position,
-                agent=agent,
-                role=role,
-                content=content,
-                tool_calls=tool_calls_json,
-                tool_call_id=tool_call_id,
-                created_at=to_db(self.clock.now()),
-            )
-        )
+        position = conn.execute(_NEXT_POSITION, {"sid": session_id}).scalar_one() - 1
+        row = {
+            "message_id": message_id,
+            "session_id": session_id,
+            "position": position,
+            "agent": agent,
+            "role": role,
+            "content": content,
+            "tool_calls": tool_calls_json,
+            "tool_call_id": tool_call_id,
+            "created_at": to_db(self.clock.now()),
+        }
+        conn.execute(_H.insert(), row)
         return MessageAdded(message_id=message_id, index=position)
 
     def get(
@@ -114,9 +118,6 @@ class Histories:
             return History(messages=self.recent(conn, session_id, agent, limit))
 
     def recent(self, conn: Any, session_id: str, agent: str | None, limit: int | None) -> list[Message]:
-        query = select(_H).where(_H.c.session_id == session_id)
-        if agent is not None:
-            query = query.where(_H.c.agent == agent)
-        query = query.order_by(_H.c.position.desc()).limit(limit or self.limits.max_history_page)
-        rows = list(conn.execute(query).mappings())
+        params = {"sid": session_id, "of": agent, "n": limit or self.limits.max_history_page}
+        rows = list(conn.execute(_RECENT if agent is None else _RECENT_OF_AGENT, params).mappings())
         return [as_message(r) for r in reversed(rows)]
