@@ -59,6 +59,7 @@ _ADD_REAL_OK = and_(
 _ADD_REAL = {"kind": literal("real"), "num_int": None, "num_real": _AS_REAL + _N_REAL}
 _ROW = select(_T).where(_T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k"))
 _KEYS = select(func.count()).where(_T.c.session_id == bindparam("sid"))
+_ALL = select(_T).where(_T.c.session_id == bindparam("sid")).order_by(_T.c.key)
 _DELETE = delete(_T).where(_T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k"))
 _COMPARE_AND_SET = (
     update(_T)
@@ -82,6 +83,9 @@ def _upserts() -> dict[str, dict[str, Any]]:
             "set": new.on_conflict_do_update(
                 index_elements=keys, set_={**{c: new.excluded[c] for c in _VALUE}, **bump}
             ).returning(_T.c.version),
+            "save": new.on_conflict_do_update(
+                index_elements=keys, set_={**{c: new.excluded[c] for c in _VALUE}, **bump}
+            ),
             "create": new.on_conflict_do_nothing(index_elements=keys).returning(_T.c.version),
             "add_int": new.on_conflict_do_update(
                 index_elements=keys, set_={**_ADD_INT, **bump}, where=_ADD_INT_OK
@@ -143,9 +147,6 @@ class State:
         self.clock = clock
         self.limits = limits
 
-    def _insert(self) -> Any:
-        return sqlite.insert(_T) if self.db.is_sqlite else postgresql.insert(_T)
-
     def _upsert(self, name: str) -> Any:
         return _UPSERTS[self.db.dialect][name]
 
@@ -163,7 +164,7 @@ class State:
     def restore(self, session_id: str, *, owner: str | None = None) -> StateSnapshot:
         with self.db.read() as conn:
             self.sessions.local(conn, session_id, owner)
-            rows = conn.execute(select(_T).where(_T.c.session_id == session_id).order_by(_T.c.key)).mappings()
+            rows = conn.execute(_ALL, {"sid": session_id}).mappings()
             return StateSnapshot(state={r["key"]: value_of(r) for r in rows})
 
     def set(
@@ -279,15 +280,12 @@ class State:
         with self.db.write() as conn:
             self.sessions.writable(conn, session_id, owner)
             conn.execute(delete(_T).where(_T.c.session_id == session_id, _T.c.key.not_in(list(columns))))
-            for key, cols in columns.items():
-                conn.execute(
-                    self._insert()
-                    .values(session_id=session_id, key=key, version=1, updated_at=now, **cols)
-                    .on_conflict_do_update(
-                        index_elements=[_T.c.session_id, _T.c.key],
-                        set_={**cols, "version": _T.c.version + 1, "updated_at": now},
-                    )
-                )
+            rows = [
+                {"session_id": session_id, "key": key, "version": 1, "updated_at": now, **cols}
+                for key, cols in columns.items()
+            ]
+            if rows:  # one executemany of the prebuilt upsert
+                conn.execute(self._upsert("save"), rows)
         return StateSnapshot(state=state)
 
     def _row(self, conn: Connection, session_id: str, key: str) -> Any:
