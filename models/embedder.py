@@ -181,7 +181,8 @@ class Embedder:
             for rows in batches:
                 run(rows)
         else:
-            # Pool threads only ever run `run`, never `embed`, so they cannot wait on each other.
+            # Pool threads run `run` and embed_beside's work, never `embed`, and neither waits on
+            # another pool task, so they cannot wait on each other.
             for _ in self._batch_pool().map(run, batches):
                 pass
         return out
@@ -196,8 +197,8 @@ class Embedder:
         For a request with SQL to do that needs no vector: the model run, the longer of the two,
         starts at once. Run the other way round (the model on the pool thread, as before), it first
         waited for that thread to wake and to get the GIL from this thread's SQL: 0.46 ms p50
-        measured beside a 10k-memory search. Returns,
-        or raises, only once `work` has ended, so `work` may use the caller's open connection."""
+        measured beside a 10k-memory search. Returns, or raises, only once `work` has ended, so
+        `work` may use the caller's open connection."""
         job = self._batch_pool().submit(work)
         try:
             vector = self.embed_one(text)

@@ -29,10 +29,10 @@ _NEXT_POSITION = (
     .values(message_count=_S.c.message_count + 1)
     .returning(_S.c.message_count)
 )
-_NEWEST = select(_H).where(_H.c.session_id == bindparam("sid"))
-_RECENT = _NEWEST.order_by(_H.c.position.desc()).limit(bindparam("n"))
+_OF_SESSION = select(_H).where(_H.c.session_id == bindparam("sid"))
+_RECENT = _OF_SESSION.order_by(_H.c.position.desc()).limit(bindparam("n"))
 _RECENT_OF_AGENT = (
-    _NEWEST.where(_H.c.agent == bindparam("of")).order_by(_H.c.position.desc()).limit(bindparam("n"))
+    _OF_SESSION.where(_H.c.agent == bindparam("of")).order_by(_H.c.position.desc()).limit(bindparam("n"))
 )
 
 

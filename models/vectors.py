@@ -5,23 +5,22 @@ deleted at any time. Each scope (a user's long-term memory, a session's short-te
 knowledge owner) has its own cache, because usearch's search takes no filter.
 
 Every loaded scope is an exact float16 matrix (L2-normalised rows, SIMD brute force: ~3.9 ms at
-100k x 384 here, cosines within 1e-4 of float32), so a scope is always searchable exactly, from
-its first search on. A scope of
-`exact_below` vectors or more also gets a USearch HNSW index as an accelerator, never inside a
-request: one daemon worker thread per instance (one per process in the server; started when
-work is queued, gone when idle, stopped by `close()`, awaited by `wait_idle()`) loads it from its
-file or builds it (single-threaded adds: multi-threaded ones leave unreachable nodes), scopes
-queued one after another, while searches keep using the matrix. The
+100k x 384 here, cosines within 1e-4 of float32), so a scope is always searchable exactly, from its
+first search on. A scope of `exact_below` vectors or more also gets a USearch HNSW index as an
+accelerator, never inside a request: one daemon worker thread per instance (one per process in the
+server; started when work is queued, gone when idle, stopped by `close()`, awaited by
+`wait_idle()`) loads it from its file or builds it (single-threaded adds: multi-threaded ones leave
+unreachable nodes), scopes queued one after another, while searches keep using the matrix. The
 worker fills its private index in chunks, copying rows out of the matrix under the scope lock and
 adding them outside it; once the key sets differ by at most `_SMALL`, it applies the rest and
 switches the scope to HNSW atomically under the lock. Adds and removes made during the build are
-replayed by that key-set diff, which needs no journal because a seq names one vector forever.
-Once live, the index gets every change the matrix gets; a catch-up of more than `_SMALL` rows
-parks it and lets the worker bring it up to date instead. A scope shrinking below half the
-threshold drops its index (no flapping). The matrix is kept beside the index (the fallback, and
-the truth replays are read from), so vector memory is about 1.5 times the raw float32 vectors; nothing else
-holds a full copy: rows are read in batches into a preallocated matrix, files are streamed.
-The stores themselves are models/vectorstores.py (the only module importing usearch).
+replayed by that key-set diff, which needs no journal because a seq names one vector forever. Once
+live, the index gets every change the matrix gets; a catch-up of more than `_SMALL` rows parks it
+and lets the worker bring it up to date instead. A scope shrinking below half the threshold drops
+its index (no flapping). The matrix is kept beside the index (the fallback, and the truth replays
+are read from), so vector memory is about 1.5 times the raw float32 vectors; nothing else holds a
+full copy: rows are read in batches into a preallocated matrix, files are streamed. The stores
+themselves are models/vectorstores.py (the only module importing usearch).
 
 Catch-up, per search: one `stats` call. New rows past the watermark are fetched; if the key
 count still disagrees with the row count (deletes, or PostgreSQL commits that landed out of seq
