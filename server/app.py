@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.tools import Tool
 
 from session_mcp.models.clock import Clock
 from session_mcp.server.errors import error_codes, resource_errors, tool_errors
+from session_mcp.server.flatschema import flattened
 from session_mcp.server.listening import readable_resources_only
 from session_mcp.server.settings import Settings
 from session_mcp.tools import ALL_TOOLS
@@ -115,9 +117,11 @@ def build_server(
         lifespan=lifespan,
         log_level=settings.log_level,
         middleware=[error_codes, readable_resources_only],
+        tools=[
+            _published(Tool.from_function(tool_errors(s.fn), title=s.title, annotations=s.annotations))
+            for s in ALL_TOOLS
+        ],
     )
-    for spec in ALL_TOOLS:
-        server.add_tool(tool_errors(spec.fn), title=spec.title, annotations=spec.annotations)
     for resource in RESOURCES:
         server.resource(resource.uri, mime_type="application/json", description=resource.description)(
             resource_errors(resource.fn)
@@ -125,6 +129,15 @@ def build_server(
     for prompt in PROMPTS:
         server.prompt()(resource_errors(prompt))
     return server
+
+
+def _published(tool: Tool) -> Tool:
+    """`tool` with its input and output schemas free of `$ref` (see flatschema.py). The output
+    schema is only what is published: results are still checked against the return model."""
+    tool.parameters = flattened(tool.parameters)
+    if tool.fn_metadata.output_schema is not None:
+        tool.fn_metadata.output_schema = flattened(tool.fn_metadata.output_schema)
+    return tool
 
 
 async def _sweep_forever(layer: SessionLayer, interval: float) -> None:
