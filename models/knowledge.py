@@ -62,8 +62,8 @@ from session_mcp.models.schemas import (
     KnowledgeScope,
     KnowledgeSkipped,
 )
-from session_mcp.models.sessions import Sessions, encode_json
-from session_mcp.models.tables import ChunkRow, DocumentRow, SessionRow
+from session_mcp.models.sessions import SessionRecord, Sessions, encode_json
+from session_mcp.models.tables import ChunkRow, DocumentRow
 from session_mcp.models.vectors import ScopedVectors
 
 _D = DocumentRow.__table__  # type: ignore[attr-defined]
@@ -83,11 +83,11 @@ Progress = Callable[[float, float | None, str], None]
 _EMBED_BATCH = 64
 
 
-def scope_of(scope: KnowledgeScope, session: SessionRow) -> str:
+def scope_of(scope: KnowledgeScope, session: SessionRecord) -> str:
     return f"session:{session.session_id}" if scope == "session" else f"user:{session.user_id}"
 
 
-def scopes_of(session: SessionRow) -> list[str]:
+def scopes_of(session: SessionRecord) -> list[str]:
     return [scope_of("session", session), scope_of("user", session)]
 
 
@@ -118,7 +118,7 @@ class Knowledge:
 
     # -- guards -----------------------------------------------------------------------------------
 
-    def _readable(self, conn: Connection, session_id: str, owner: str | None) -> SessionRow:
+    def _readable(self, conn: Connection, session_id: str, owner: str | None) -> SessionRecord:
         """The session, readable by `owner` and local (knowledge of a remote one is the agent's)."""
         session = self.sessions.readable(conn, session_id, owner)
         if session.agent_url:
@@ -128,7 +128,7 @@ class Knowledge:
             )
         return session
 
-    def _session(self, session_id: str, owner: str | None, *, write: bool) -> SessionRow:
+    def _session(self, session_id: str, owner: str | None, *, write: bool) -> SessionRecord:
         """The session, checked the way `writable` will check it at commit, without writing yet."""
         with self.db.read() as conn:
             session = self._readable(conn, session_id, owner)
@@ -244,7 +244,7 @@ class Knowledge:
         session_id: str,
         owner: str | None,
         scope: str,
-        session: SessionRow,
+        session: SessionRecord,
         loaded: Loaded,
         prepared: Prepared,
         vectors: np.ndarray[Any, np.dtype[np.float32]],

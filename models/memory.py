@@ -30,8 +30,8 @@ from session_mcp.models.schemas import (
     MemoryResults,
     MemoryType,
 )
-from session_mcp.models.sessions import Sessions, encode_json
-from session_mcp.models.tables import MemoryRow, SessionRow
+from session_mcp.models.sessions import SessionRecord, Sessions, encode_json
+from session_mcp.models.tables import MemoryRow
 from session_mcp.models.vectors import ScopedVectors
 
 _M = MemoryRow.__table__  # type: ignore[attr-defined]
@@ -50,11 +50,11 @@ _HITS = select(*_HIT).where(
 )
 
 
-def scope_of(memory_type: MemoryType, session: SessionRow) -> str:
+def scope_of(memory_type: MemoryType, session: SessionRecord) -> str:
     return f"short:{session.session_id}" if memory_type == "short" else f"long:{session.user_id}"
 
 
-def scopes_for(memory_type: SearchType, session: SessionRow) -> list[str]:
+def scopes_for(memory_type: SearchType, session: SessionRecord) -> list[str]:
     if memory_type == "all":
         return [scope_of("short", session), scope_of("long", session)]
     return [scope_of(memory_type, session)]

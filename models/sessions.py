@@ -6,11 +6,12 @@ import base64
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import JsonValue
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from session_mcp.models.clock import Clock, from_db, iso, to_db
@@ -47,6 +48,30 @@ _TOUCH_OWNED = (
     .values(updated_at=bindparam("now"))
     .returning(*_S.c)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session's row as read, one field per column of SessionRow. Every tool call reads one, and
+    building the SQLModel table object instead (validation, then SQLAlchemy's instrumented
+    attributes) cost ~85 us a call here, against ~2 us for this."""
+
+    session_id: str
+    user_id: str
+    parent_id: str | None
+    agent_url: str | None
+    timeout_seconds: float | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    purged_at: datetime | None
+    meta: str
+    message_count: int
+
+    @classmethod
+    def of(cls, row: RowMapping) -> SessionRecord:
+        return cls(**row)
 
 
 def check_id(value: str, what: str) -> str:
@@ -100,15 +125,15 @@ class Sessions:
 
     # -- guards used by every service -------------------------------------------------------------
 
-    def readable(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRow:
+    def readable(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRecord:
         row = conn.execute(_READ, {"sid": session_id}).mappings().first()
         if row is None or (owner is not None and row["user_id"] != owner):
             raise SessionNotFound(session_id)
-        return SessionRow.model_validate(dict(row))
+        return SessionRecord.of(row)
 
     def writable(
         self, conn: Connection, session_id: str, owner: str | None = None, *, local: bool = True
-    ) -> SessionRow:
+    ) -> SessionRecord:
         """Check the session accepts writes and touch it, in the caller's transaction.
 
         The touch is an UPDATE, so on PostgreSQL it row-locks the session: a close and a write to
@@ -121,12 +146,12 @@ class Sessions:
                 raise SessionClosed(session_id)
             assert row.expires_at is not None
             raise SessionExpired(session_id, iso(from_db(row.expires_at)))
-        session = SessionRow.model_validate(dict(touched))
+        session = SessionRecord.of(touched)
         if local and session.agent_url:
             raise local_only(session_id, session.agent_url)
         return session
 
-    def local(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRow:
+    def local(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRecord:
         """`readable`, for reads of what a remote session keeps on the agent's side (state, memory,
         knowledge, context): those refuse with local_only, as the seed library does."""
         session = self.readable(conn, session_id, owner)
@@ -134,7 +159,7 @@ class Sessions:
             raise local_only(session_id, session.agent_url)
         return session
 
-    def remote(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRow:
+    def remote(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRecord:
         """`readable`, for session_chat: a local session refuses with remote_only."""
         session = self.readable(conn, session_id, owner)
         if not session.agent_url:
@@ -226,7 +251,7 @@ class Sessions:
                         conn.execute(select(_S).where(_S.c.session_id == session_id)).mappings().first()
                     )
                 assert existing is not None
-        row = SessionRow.model_validate(dict(existing))
+        row = SessionRecord.of(existing)
         if row.user_id != user:
             # Say nothing about who holds it.
             raise Conflict(f"session id '{session_id}' cannot be used; choose another id or omit session_id")
@@ -309,14 +334,14 @@ class Sessions:
             )
         query = query.order_by(_S.c.created_at.desc(), _S.c.session_id.desc()).limit(limit + 1)
         with self.db.read() as conn:
-            rows = [SessionRow.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+            rows = [SessionRecord.of(r) for r in conn.execute(query).mappings()]
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
             next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].session_id)
         return SessionPage(sessions=[self.info(r) for r in rows], next_cursor=next_cursor)
 
-    def info(self, row: SessionRow, *, resumed: bool = False) -> SessionInfo:
+    def info(self, row: SessionRecord, *, resumed: bool = False) -> SessionInfo:
         now = self.clock.now()
         expires = None if row.expires_at is None else from_db(row.expires_at)
         expired = expires is not None and expires <= now

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -17,6 +19,8 @@ from session_mcp.models.errors import (
 )
 from session_mcp.models.layer import SessionLayer
 from session_mcp.models.limits import Limits
+from session_mcp.models.sessions import SessionRecord
+from session_mcp.models.tables import SessionRow
 
 
 def test_missing_id_becomes_eight_hex_characters_and_user_is_default(layer: SessionLayer) -> None:
@@ -156,3 +160,19 @@ def test_bad_cursor_is_invalid_argument(layer: SessionLayer) -> None:
 def test_metadata_with_nan_is_refused(layer: SessionLayer) -> None:
     with pytest.raises(InvalidArgument):
         layer.sessions.create("m", metadata={"x": float("nan")})
+
+
+def test_the_guards_read_every_column_of_the_sessions_table_with_its_type(layer: SessionLayer) -> None:
+    columns = SessionRow.__table__.columns  # type: ignore[attr-defined]
+    assert [f.name for f in dataclasses.fields(SessionRecord)] == [c.name for c in columns]
+    layer.sessions.create("cols", "alice", ttl_seconds=60, metadata={"k": 1})
+    with layer.db.read() as conn:
+        record = layer.sessions.readable(conn, "cols", "alice")
+    assert isinstance(record.created_at, datetime) and isinstance(record.expires_at, datetime)
+    assert (record.session_id, record.user_id, record.status, record.meta) == (
+        "cols",
+        "alice",
+        "active",
+        '{"k":1}',
+    )
+    assert record.expires_at - record.created_at == timedelta(seconds=60)
