@@ -79,13 +79,12 @@ def _upserts() -> dict[str, dict[str, Any]]:
         keys = [_T.c.session_id, _T.c.key]
         new = insert(_T)
         bump = {"version": _T.c.version + 1, "updated_at": new.excluded.updated_at}
+        save = new.on_conflict_do_update(
+            index_elements=keys, set_={**{c: new.excluded[c] for c in _VALUE}, **bump}
+        )
         by_dialect[name] = {
-            "set": new.on_conflict_do_update(
-                index_elements=keys, set_={**{c: new.excluded[c] for c in _VALUE}, **bump}
-            ).returning(_T.c.version),
-            "save": new.on_conflict_do_update(
-                index_elements=keys, set_={**{c: new.excluded[c] for c in _VALUE}, **bump}
-            ),
+            "set": save.returning(_T.c.version),
+            "save": save,  # executemany: no RETURNING
             "create": new.on_conflict_do_nothing(index_elements=keys).returning(_T.c.version),
             "add_int": new.on_conflict_do_update(
                 index_elements=keys, set_={**_ADD_INT, **bump}, where=_ADD_INT_OK
