@@ -6,7 +6,8 @@ knowledge owner) has its own cache, because usearch's search takes no filter.
 
 Every loaded scope is an exact float16 matrix (L2-normalised rows, SIMD brute force: ~3.9 ms at
 100k x 384 here, cosines within 1e-4 of float32), so a scope is always searchable exactly, from its
-first search on. A scope of `exact_below` vectors or more also gets a USearch HNSW index as an
+first search on; below `exact_below` rows an int8 copy beside it shortlists the rows the float16
+scan scores (vectorstores.py). A scope of `exact_below` vectors or more also gets a USearch HNSW index as an
 accelerator, never inside a request: one daemon worker thread per instance (one per process in the
 server; started when work is queued, gone when idle, stopped by `close()`, awaited by
 `wait_idle()`) loads it from its file or builds it (single-threaded adds: multi-threaded ones leave
@@ -267,7 +268,7 @@ class ScopedVectors:
             # Preallocated, so no copies while it fills, with a quarter more room for the adds
             # that follow: untouched pages cost no memory, and without it the first add after a
             # load copied the whole matrix (0.43 s at 100k rows here, the p99 outlier of memory_add).
-            s.exact = ExactStore(self._dim, count + count // 4 + 64)
+            s.exact = ExactStore(self._dim, count + count // 4 + 64, coarse_below=self._exact_below)
             s.watermark, s.checked_at = 0, time.monotonic()
             self._apply(s, source.rows_after(s.name, 0))
         elif max_seq > s.watermark:

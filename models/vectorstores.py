@@ -8,7 +8,7 @@ thread-safe: the caller holds the scope's lock, or owns a store no other thread 
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,6 +29,8 @@ _EXPANSION_SEARCH = 256
 Keys = NDArray[np.int64]
 Vecs = NDArray[np.float32]
 Halves = NDArray[np.float16]
+Bytes = NDArray[np.int8]
+T = TypeVar("T", bound=np.generic)
 
 
 class ExactStore:
@@ -37,13 +39,27 @@ class ExactStore:
     Half precision halves what a search streams through memory, and in a search that is the cost:
     the model, run just before on the other core, has pushed the matrix out of the cache. Measured
     here at 10k x 384 with the cache flushed first (2 vCPUs, 32 MB L3): numpy float32 matrix-vector
-    1.22 ms, numkong float16 0.40 ms (0.32 warm); cosines differ from float32 by under 1e-4."""
+    1.22 ms, numkong float16 0.40 ms (0.32 warm); cosines differ from float32 by under 1e-4.
 
-    def __init__(self, dim: int, capacity: int = 0) -> None:
+    Below `coarse_below` rows an int8 copy (one scale per row) is scanned first, and only its best
+    `_shortlist(k)` rows are scored in float16: half the bytes again (10k x 384 with the cache
+    flushed, on an AMD EPYC: int8 0.18 against float16 0.43 ms) for half as much memory more. The
+    int8 cosine is off by at most 0.003 (200 queries over 10k stored MiniLM vectors), so a row of
+    the true top k misses the shortlist only if 64 other rows score within 0.006 below it; the
+    results are the float16 ones, scores included. Past `coarse_below` rows the scope gets an HNSW
+    index and the matrix is only its fallback: the copy is dropped for good."""
+
+    def __init__(self, dim: int, capacity: int = 0, coarse_below: int = 0) -> None:
         self.mat: Halves = np.empty((capacity, dim), np.float16)
         self.keys: Keys = np.empty(capacity, np.int64)
         self.pos: dict[int, int] = {}
         self.n = 0
+        self.coarse_below = coarse_below
+        self.coarse: Bytes | None = None
+        self.coarse_scale: Vecs = np.empty(0, np.float32)
+        if capacity and coarse_below:  # untouched pages cost nothing if it is dropped
+            self.coarse = np.empty((capacity, dim), np.int8)
+            self.coarse_scale = np.empty(capacity, np.float32)
 
     def __len__(self) -> int:
         return self.n
@@ -54,18 +70,22 @@ class ExactStore:
     def add(self, keys: Keys, vecs: Vecs) -> Vecs:
         """Add rows (keys not yet present); return them L2-normalised, in float32."""
         start, need = self.n, self.n + len(keys)
+        if self.coarse is not None and need >= self.coarse_below:
+            self.coarse, self.coarse_scale = None, np.empty(0, np.float32)
         if need > len(self.keys):  # grow geometrically so a stream of single adds stays O(1) each
             cap = max(need, len(self.keys) + len(self.keys) // 2, 64)
-            mat = np.empty((cap, self.mat.shape[1]), np.float16)
-            mat[:start] = self.mat[:start]
-            ks = np.empty(cap, np.int64)
-            ks[:start] = self.keys[:start]
-            self.mat, self.keys = mat, ks
+            self.mat = _grown(self.mat, start, cap)
+            self.keys = _grown(self.keys, start, cap)
+            if self.coarse is not None:
+                self.coarse = _grown(self.coarse, start, cap)
+                self.coarse_scale = _grown(self.coarse_scale, start, cap)
         out = np.array(vecs, np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         self.mat[start:need] = out
         self.keys[start:need] = keys
+        if self.coarse is not None:
+            self.coarse[start:need], self.coarse_scale[start:need] = _int8(out)
         for i, k in enumerate(keys.tolist(), start):
             self.pos[k] = i
         self.n = need
@@ -82,6 +102,9 @@ class ExactStore:
             if i != last:
                 self.mat[i] = self.mat[last]
                 self.keys[i] = self.keys[last]
+                if self.coarse is not None:
+                    self.coarse[i] = self.coarse[last]
+                    self.coarse_scale[i] = self.coarse_scale[last]
                 self.pos[int(self.keys[i])] = i
             self.n = last
             gone.append(k)
@@ -98,13 +121,45 @@ class ExactStore:
         if self.n == 0:
             return []
         norm = float(np.linalg.norm(q))
-        unit = (q / norm if norm > 0 else q).astype(np.float16)
-        # float64 out: asking numkong for float32 measured four times slower (1.3 vs 0.32 ms).
-        sims = np.asarray(numkong.cdist(unit[None, :], self.mat[: self.n], metric="dot"))[0]
+        unit = q / norm if norm > 0 else q
         k = min(k, self.n)
-        idx = np.argpartition(sims, self.n - k)[self.n - k :] if k < self.n else np.arange(self.n)
+        rows: NDArray[np.intp] | None = None
+        if self.coarse is not None and norm > 0 and _shortlist(k) < self.n:
+            q8, _ = _int8(unit[None, :])
+            approx = _dots(q8, self.coarse[: self.n]) * self.coarse_scale[: self.n]
+            rows = np.argpartition(approx, self.n - _shortlist(k))[self.n - _shortlist(k) :]
+        # float64 out: asking numkong for float32 measured four times slower (1.3 vs 0.32 ms).
+        half = unit.astype(np.float16)[None, :]
+        sims = _dots(half, self.mat[rows] if rows is not None else self.mat[: self.n])
+        idx = np.argpartition(sims, len(sims) - k)[len(sims) - k :] if k < len(sims) else np.arange(len(sims))
         idx = idx[np.argsort(-sims[idx], kind="stable")]
-        return [(int(self.keys[i]), float(sims[i])) for i in idx]
+        found = rows[idx] if rows is not None else idx
+        return [(int(self.keys[i]), float(sims[j])) for i, j in zip(found, idx, strict=True)]
+
+
+def _shortlist(k: int) -> int:
+    """How many int8 candidates a search rescores in float16 for the best k."""
+    return max(2 * k, k + 64)
+
+
+def _dots(q: NDArray[np.generic], mat: NDArray[np.generic]) -> NDArray[np.float64]:
+    """The dot of one query row with every row of `mat` (numkong's kernel for their dtype)."""
+    dots: NDArray[np.float64] = np.asarray(numkong.cdist(q, mat, metric="dot"), np.float64)[0]
+    return dots
+
+
+def _int8(rows: Vecs) -> tuple[Bytes, Vecs]:
+    """Symmetric int8 per row: (the codes, each row's scale); code * scale ~ value."""
+    peak = np.abs(rows).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    codes = np.rint(rows / scale[:, None]).astype(np.int8)
+    return codes, scale
+
+
+def _grown(a: NDArray[T], used: int, capacity: int) -> NDArray[T]:
+    out = np.empty((capacity, *a.shape[1:]), a.dtype)
+    out[:used] = a[:used]
+    return out
 
 
 class HnswStore:
