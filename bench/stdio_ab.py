@@ -12,8 +12,8 @@ measured here).
 
 A build is any venv with session-mcp installed (`git worktree add /tmp/old REV`, then a venv there
 with `pip install -e /tmp/old`). Each tool is timed `calls` times per round, in `rounds` rounds
-interleaved across tools; p50 per build and the B/A ratio are printed and written to
-bench/results/stdio_ab.json.
+interleaved across tools; p50 per build and the B/A ratio, and each server's peak RSS at the end,
+are printed and written to bench/results/stdio_ab.json.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from stdio_speed import SESSION, Sentences, populate, server_env
+from stdio_speed import SESSION, Sentences, children, memory_mb, populate, server_env
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "stdio_ab.json"
@@ -60,6 +60,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     times: dict[tuple[str, str], list[float]] = {}
     async with AsyncExitStack() as stack:
         clients: dict[str, Client] = {}
+        pids: dict[str, int] = {}
         for label, command in builds.items():
             data = work / label
             shutil.copytree(seed, data)
@@ -70,7 +71,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             client = Client(
                 stdio_client(params, errlog=errlog), read_timeout_seconds=CALL_TIMEOUT, mode="legacy"
             )
+            before = children()
             clients[label] = await stack.enter_async_context(client)
+            (pids[label],) = children() - before
         for client in clients.values():  # model loaded, caches built, before any timing
             await client.list_tools()
             for q in queries[-10:]:
@@ -89,7 +92,10 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         times.setdefault((tool, label), []).append(time.perf_counter() - start)
                         if result.is_error:
                             raise RuntimeError(f"{tool} on {label} failed: {result.content}")
+        peak = {label: memory_mb(pid).get("VmHWM", float("nan")) for label, pid in pids.items()}
     out: dict[str, Any] = {"a": args.a, "b": args.b, "size": args.size, "calls": n, "tools": {}}
+    out["peak_rss_mb"] = peak
+    print(f"peak RSS         A {peak['A']:7.1f} MB   B {peak['B']:7.1f} MB")
     for tool in TOOLS:
         a = statistics.median(times[(tool, "A")]) * 1000
         b = statistics.median(times[(tool, "B")]) * 1000

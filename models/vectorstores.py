@@ -85,7 +85,7 @@ class ExactStore:
         self.mat[start:need] = out
         self.keys[start:need] = keys
         if self.coarse is not None:
-            self.coarse[start:need], self.coarse_scale[start:need] = _int8(out)
+            _int8_into(self.coarse[start:need], self.coarse_scale[start:need], out)
         for i, k in enumerate(keys.tolist(), start):
             self.pos[k] = i
         self.n = need
@@ -150,10 +150,21 @@ def _dots(q: NDArray[np.generic], mat: NDArray[np.generic]) -> NDArray[np.float6
 
 def _int8(rows: Vecs) -> tuple[Bytes, Vecs]:
     """Symmetric int8 per row: (the codes, each row's scale); code * scale ~ value."""
-    peak = np.abs(rows).max(axis=1)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    codes = np.rint(rows / scale[:, None]).astype(np.int8)
-    return codes, scale
+    codes, scales = np.empty(rows.shape, np.int8), np.empty(len(rows), np.float32)
+    _int8_into(codes, scales, rows)
+    return codes, scales
+
+
+def _int8_into(codes: Bytes, scales: Vecs, rows: Vecs) -> None:
+    """`_int8` written into place, 256 rows at a time: a catch-up adds 4096 rows at once, and
+    whole-batch temporaries raised the server's peak RSS by 11 MB at 10k rows, against 4 MB for
+    the copy itself."""
+    for start in range(0, len(rows), 256):
+        chunk = rows[start : start + 256]
+        peak = np.maximum(chunk.max(axis=1), -chunk.min(axis=1))
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        codes[start : start + 256] = np.rint(chunk / scale[:, None])
+        scales[start : start + 256] = scale
 
 
 def _grown(a: NDArray[T], used: int, capacity: int) -> NDArray[T]:
