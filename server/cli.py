@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         return _serve_http(settings, args.transport)
     server = build_server(settings)
-    serve_stdio(server)
+    serve_stdio(server, settings.max_body_bytes)
     return 0
 
 

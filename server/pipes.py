@@ -7,6 +7,9 @@ the SDK's own `stdio_server`, which then does the JSON-RPC framing as always), a
 machine. Used where asyncio can watch the descriptors: POSIX, with stdin and stdout pipes, sockets
 or terminals. Elsewhere (Windows, a file redirected in) the SDK's own transport serves.
 
+A line may be up to SESSION_MCP_MAX_BODY_BYTES long, as an HTTP body may: asyncio's reader needs
+a bound, and a longer line is read past and refused by its request id instead of ending the loop.
+
 While serving, fd 0 reads the null device and fd 1 writes to stderr, as under the SDK's transport,
 so a stray print from a library or a child process never lands in the protocol; the protocol goes
 through private duplicates, and both are put back on the way out.
@@ -15,7 +18,10 @@ through private duplicates, and both are put back on the way out.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,17 +31,22 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
+from mcp.types import INVALID_REQUEST
 
-LINE_LIMIT = 1 << 30
-"""Longest JSON-RPC line accepted (asyncio's reader needs a bound; the SDK's transport has none)."""
+log = logging.getLogger("session_mcp.server")
+_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
 
 
-def serve_stdio(server: MCPServer[Any]) -> None:
-    """Serve `server` over this process's stdin and stdout until the client closes stdin."""
+def serve_stdio(server: MCPServer[Any], line_limit: int) -> None:
+    """Serve `server` over this process's stdin and stdout until the client closes stdin.
+
+    A line longer than `line_limit` bytes is read past, never held whole, and answered with an
+    `invalid request` error; the server goes on with the next line (the SDK's own transport,
+    used where pipes do not apply, has no limit)."""
     if not _pipes_apply():
         server.run("stdio")
         return
-    anyio.run(_serve, server, backend="asyncio")
+    anyio.run(_serve, server, line_limit, backend="asyncio")
 
 
 def _pipes_apply() -> bool:
@@ -51,8 +62,11 @@ def _pipes_apply() -> bool:
     return True
 
 
-async def _serve(server: MCPServer[Any]) -> None:
-    async with _pipes() as (lines, replies), stdio_server(lines, replies) as (read_stream, write_stream):  # type: ignore[arg-type]
+async def _serve(server: MCPServer[Any], line_limit: int) -> None:
+    async with (
+        _pipes(line_limit) as (lines, replies),
+        stdio_server(lines, replies) as (read_stream, write_stream),  # type: ignore[arg-type]
+    ):
         # MCPServer runs stdio only on its own transport; this is what its run_stdio_async does
         # with the streams (the SDK's in-memory client reaches for the same attribute).
         lowlevel = server._lowlevel_server
@@ -60,19 +74,40 @@ async def _serve(server: MCPServer[Any]) -> None:
 
 
 class _Lines:
-    """The client's lines, as `stdio_server` reads an async text file."""
+    """The client's lines, as `stdio_server` reads an async text file; too long a line is skipped
+    and refused through `refuse`, with the start of it."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, refuse: Callable[[bytes], None]) -> None:
         self._reader = reader
+        self._refuse = refuse
 
     def __aiter__(self) -> _Lines:
         return self
 
     async def __anext__(self) -> str:
-        line = await self._reader.readline()
-        if not line:
-            raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # end of input: a last line may lack its newline
+                if not exc.partial:
+                    raise StopAsyncIteration from None
+                line = exc.partial
+            except asyncio.LimitOverrunError as exc:  # what was read is still buffered, up to the limit
+                head = await self._reader.readexactly(exc.consumed)
+                await self._skip_rest_of_line()
+                self._refuse(head[:4096])
+                continue
+            return line.decode("utf-8", errors="replace")
+
+    async def _skip_rest_of_line(self) -> None:
+        while True:
+            try:
+                await self._reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.readexactly(exc.consumed)
+            except asyncio.IncompleteReadError:
+                return
 
 
 class _Replies:
@@ -88,18 +123,31 @@ class _Replies:
     async def flush(self) -> None:
         await self._writer.drain()
 
+    def too_long(self, head: bytes, limit: int) -> None:
+        """Answer a request whose line was over `limit` bytes, by the id at its start if it has one
+        (JSON-RPC puts it before the params; nothing later is trusted), else with a null id."""
+        found = _ID.search(head.split(b'"params"', 1)[0])
+        request_id = json.loads(found.group(1)) if found else None
+        message = (
+            f"request too large: the message is over {limit} bytes, the limit this server takes "
+            "(SESSION_MCP_MAX_BODY_BYTES); send less in one call"
+        )
+        log.warning("refused a stdio message over %d bytes (request id %r)", limit, request_id)
+        error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": INVALID_REQUEST, "message": message}}
+        self._writer.write(json.dumps(error).encode("utf-8") + b"\n")
+
 
 @asynccontextmanager
-async def _pipes() -> AsyncIterator[tuple[_Lines, _Replies]]:
+async def _pipes(line_limit: int) -> AsyncIterator[tuple[_Lines, _Replies]]:
     with _claimed(0, _null_for_reading) as fd_in, _claimed(1, _stderr_copy) as fd_out:
-        async with _transports(fd_in, fd_out) as ends:
+        async with _transports(fd_in, fd_out, line_limit) as ends:
             yield ends
 
 
 @asynccontextmanager
-async def _transports(fd_in: int, fd_out: int) -> AsyncIterator[tuple[_Lines, _Replies]]:
+async def _transports(fd_in: int, fd_out: int, line_limit: int) -> AsyncIterator[tuple[_Lines, _Replies]]:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    reader = asyncio.StreamReader(limit=line_limit)
     # closefd=False: the descriptors are _claimed's to close, after their blocking mode is back.
     read_transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd_in, "rb", closefd=False)
@@ -108,8 +156,9 @@ async def _transports(fd_in: int, fd_out: int) -> AsyncIterator[tuple[_Lines, _R
         lambda: asyncio.streams.FlowControlMixin(), os.fdopen(fd_out, "wb", closefd=False)
     )
     writer = asyncio.StreamWriter(write_transport, protocol, None, loop)
+    replies = _Replies(writer)
     try:
-        yield _Lines(reader), _Replies(writer)
+        yield _Lines(reader, lambda head: replies.too_long(head, line_limit)), replies
     finally:
         read_transport.close()
         write_transport.close()

@@ -105,7 +105,10 @@ class Settings(BaseSettings):
         description="browser Origins allowed, comma separated; default: http(s) on the allowed hosts",
     )
     max_body_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="largest HTTP request body; a larger one gets 413"
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="largest request: an HTTP body (a larger one gets 413) or a stdio message line "
+        "(a longer one is skipped and answered with an invalid-request error)",
     )
     shutdown_timeout_seconds: float = Field(
         default=10, gt=0, description="on SIGTERM, how long in-flight HTTP requests get to finish"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,7 @@ NOISY_SERVER = textwrap.dedent(
         os.system("echo noise from a child")
         return "ok"
 
-    serve_stdio(server)
+    serve_stdio(server, 1 << 20)
     print("after: blocking", os.get_blocking(0), os.get_blocking(1), file=sys.stderr, flush=True)
     """
 )
@@ -74,3 +75,67 @@ def test_pipes_serve_pipes_and_a_file_redirected_in_gets_the_sdk_transport(
             check=True,
         )
     assert done.stdout.decode().strip() == str(pipes)
+
+
+ECHO_SERVER = textwrap.dedent(
+    """
+    from mcp.server.mcpserver import MCPServer
+    from session_mcp.server.pipes import serve_stdio
+
+    server = MCPServer("echo")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        return text
+
+    serve_stdio(server, 4096)
+    """
+)
+
+
+def _request(request_id: object, method: str, params: dict[str, object] | None = None) -> bytes:
+    message: dict[str, object] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message).encode() + b"\n"
+
+
+def test_a_line_over_the_limit_is_refused_by_its_id_and_the_server_goes_on(tmp_path: Path) -> None:
+    """Lines of 8 KB and 1 MB against a 4 KB limit: each is read past, never held whole, and
+    answered with an error for its id (or a null id when none comes before the params)."""
+    script = tmp_path / "echo.py"
+    script.write_text(ECHO_SERVER)
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    big = {"name": "echo", "arguments": {"text": "x" * 8000}}
+    huge = {"name": "echo", "arguments": {"text": "y" * 1_000_000}}
+    stdin = b"".join(
+        [
+            _request(1, "initialize", hello),
+            b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n',
+            _request(2, "tools/call", big),
+            _request("three", "tools/call", huge),
+            b'{"jsonrpc": "2.0", "method": "tools/call", "params": {"id": 99, "pad": "'
+            + b"z" * 9000
+            + b'"}}\n',
+            _request(4, "tools/call", {"name": "echo", "arguments": {"text": "still here"}}),
+        ]
+    )
+    # stdin stays open until every reply is in: at end of input the SDK cancels calls in flight.
+    server = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write(stdin)
+        server.stdin.flush()
+        lines = [server.stdout.readline() for _ in range(5)]  # bounded by the communicate timeout
+    finally:
+        _, stderr = server.communicate(timeout=60)
+    replies = {r["id"]: r for r in map(json.loads, lines)}
+    assert sorted(replies, key=str) == sorted([1, 2, "three", None, 4], key=str)
+    for refused in (replies[2], replies["three"], replies[None]):
+        assert refused["error"]["code"] == -32600
+        assert "over 4096 bytes" in refused["error"]["message"]
+        assert "SESSION_MCP_MAX_BODY_BYTES" in refused["error"]["message"]
+    assert replies[4]["result"]["content"][0]["text"] == "still here"
+    assert stderr.decode().count("refused a stdio message over 4096") == 3  # logged, to stderr
