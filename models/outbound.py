@@ -40,6 +40,8 @@ from session_mcp.models.errors import UrlNotAllowed
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
+RESOLVE_TIMEOUT_S = 10.0
+"""How long a host name may take to resolve when no request deadline applies (a URL checked alone)."""
 """(host, port) -> the addresses it resolves to, as strings; raises OSError when it cannot."""
 FailureKind = Literal["unreachable", "timeout", "too_large", "bad_response", "redirects"]
 
@@ -328,9 +330,10 @@ class OutboundPolicy:
 
     # -- checking ---------------------------------------------------------------------------------
 
-    def check(self, url: str) -> Target:
+    def check(self, url: str, deadline: float | None = None) -> Target:
         """Parse and resolve `url` and check every address; raises UrlNotAllowed, or OutboundFailure
-        (unreachable) when the name does not resolve. Connects to nothing."""
+        (unreachable) when the name does not resolve, or (timeout) when resolving it runs past
+        `deadline` (time.monotonic; default RESOLVE_TIMEOUT_S from now). Connects to nothing."""
         shown = redact(url)[:200]
         if len(url) > MAX_URL_CHARS:
             raise UrlNotAllowed(f"the URL is {len(url)} characters, over the limit of {MAX_URL_CHARS}")
@@ -359,7 +362,7 @@ class OutboundPolicy:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         if host.rstrip(".") in _METADATA_NAMES:
             raise UrlNotAllowed(f"{shown} names a cloud metadata service; such hosts are never allowed")
-        addresses = self._resolve(host, port, shown)
+        addresses = self._resolve(host, port, shown, deadline)
         for address in addresses:
             self._check_address(host, address, port, shown)
         if parsed.scheme == "http" and any(r.applies(host, port) for r in self.headers):
@@ -371,14 +374,14 @@ class OutboundPolicy:
                 )
         return Target(str(parsed), parsed.scheme, host, port, addresses)
 
-    def _resolve(self, host: str, port: int, shown: str) -> tuple[IPAddress, ...]:
+    def _resolve(self, host: str, port: int, shown: str, deadline: float | None) -> tuple[IPAddress, ...]:
         literal = host.split("%", 1)[0]
         try:
             return (_effective(literal),)
         except ValueError:
             pass
         try:
-            found = list(self.resolver(host, port))
+            found = self._lookup(host, port, shown, deadline)
         except (OSError, UnicodeError) as exc:
             raise OutboundFailure(
                 "unreachable", shown, f"the host name {host} does not resolve ({exc})"
@@ -389,6 +392,33 @@ class OutboundPolicy:
             return tuple(dict.fromkeys(_effective(a) for a in found))
         except ValueError as exc:
             raise OutboundFailure("unreachable", shown, f"the resolver gave a bad address ({exc})") from exc
+
+    def _lookup(self, host: str, port: int, shown: str, deadline: float | None) -> list[str]:
+        """The resolver's answer, waited for until `deadline` at most. getaddrinfo takes no timeout
+        (glibc retries each name server for 5 s, twice), so it runs on a thread of its own, left
+        to finish in the background if the time runs out."""
+        budget = RESOLVE_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+        if budget <= 0:
+            raise OutboundFailure("timeout", shown, f"the time ran out before {host} was resolved")
+        answer: list[list[str] | BaseException] = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                answer.append(list(self.resolver(host, port)))
+            except BaseException as exc:  # handed to the waiting thread, which raises it
+                answer.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=lookup, name="session-mcp-resolve", daemon=True).start()
+        if not done.wait(budget):
+            raise OutboundFailure(
+                "timeout", shown, f"the host name {host} did not resolve within {budget:.3g} s"
+            )
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        return answer[0]
 
     def _check_address(self, host: str, address: IPAddress, port: int, shown: str) -> None:
         where = f"{shown} resolves to {address}"
@@ -428,7 +458,7 @@ class OutboundPolicy:
         current, hops = url, list[str]()
         while True:
             try:
-                target = self.check(current)
+                target = self.check(current, deadline)
             except UrlNotAllowed as exc:
                 if not hops:
                     raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -500,3 +501,27 @@ def test_https_connects_to_the_checked_address_with_the_name_as_sni_and_certific
             policy.fetch("GET", f"https://127.0.0.1:{port}/health", timeout=5, max_bytes=1000)
         assert failed.value.kind == "unreachable" and "certificate" in failed.value.detail.lower()
         assert recorder.hits == 1
+
+
+def test_a_host_name_that_takes_too_long_to_resolve_is_a_timeout_within_the_requests_time() -> None:
+    """getaddrinfo has no timeout of its own; the request's deadline bounds the wait for it."""
+    release = threading.Event()
+    asked: list[str] = []
+
+    def stuck(host: str, port: int) -> list[str]:
+        asked.append(host)
+        release.wait(60)  # as a resolver whose name servers do not answer
+        return ["93.184.216.34"]
+
+    policy = OutboundPolicy("0.0.0.0/0", resolver=stuck)
+    started = time.monotonic()
+    try:
+        with pytest.raises(OutboundFailure) as failed:
+            policy.fetch("GET", "http://slow.example/", timeout=0.5, max_bytes=1000)
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+    assert failed.value.kind == "timeout"
+    assert "slow.example did not resolve within" in failed.value.detail
+    assert asked == ["slow.example"]
+    assert 0.5 <= waited < 5
