@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     )
     embedding_variant: EmbeddingVariant = Field(
         default=cast(EmbeddingVariant, DEFAULT_VARIANT),
-        description="how the bundled model runs (see README, Embeddings)",
+        description="how the model runs: int8-dynamic (the default, about twice as fast), fp32 or "
+        "as-shipped; the first two are prepared once into the data dir (README: Settings, Benchmarks)",
     )
     warm_model: bool = Field(default=True, description="load the model in the background after start-up")
     default_ttl_seconds: int | None = Field(
