@@ -268,7 +268,8 @@ class ScopedVectors:
             # Preallocated, so no copies while it fills, with a quarter more room for the adds
             # that follow: untouched pages cost no memory, and without it the first add after a
             # load copied the whole matrix (0.43 s at 100k rows here, the p99 outlier of memory_add).
-            s.exact = ExactStore(self._dim, count + count // 4 + 64, coarse_below=self._exact_below)
+            coarse = self._exact_below if count < self._exact_below else 0  # else HNSW will serve it
+            s.exact = ExactStore(self._dim, count + count // 4 + 64, coarse_below=coarse)
             s.watermark, s.checked_at = 0, time.monotonic()
             self._apply(s, source.rows_after(s.name, 0))
         elif max_seq > s.watermark:

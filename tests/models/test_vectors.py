@@ -664,3 +664,21 @@ def test_scope_cleared_through_another_process_is_emptied_and_its_file_removed(
     seq = src.insert("s", v)
     assert top_key(two, "s", v) == seq
     assert top_key(one, "s", v) == seq
+
+
+def test_only_a_scope_below_the_hnsw_threshold_keeps_an_int8_copy(
+    rng: np.random.Generator, make: Callable[..., ScopedVectors]
+) -> None:
+    src = DictSource()
+    fill(src, "small", unit(rng, 200))
+    fill(src, "large", unit(rng, 600))
+    vs = make(src, None, exact_below=500)
+    q = unit(rng, 1)[0]
+    vs.search("small", q, 5)
+    vs.search("large", q, 5)
+    small, large = vs._scopes["small"].exact, vs._scopes["large"].exact
+    assert small is not None and small.coarse is not None
+    assert large is not None and large.coarse is None  # its HNSW index serves it; no copy built
+    fill(src, "small", unit(rng, 400))  # grows past the threshold: the copy goes
+    vs.search("small", q, 5)
+    assert small.coarse is None and len(small) == 600
