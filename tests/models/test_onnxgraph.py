@@ -74,3 +74,13 @@ def test_a_graph_without_the_patterns_is_left_unchanged() -> None:
     fused, counts = onnxgraph.fused(model)
     assert counts == {"Attention": 0, "Gelu": 0}
     assert fused == model
+
+
+def test_a_fused_graph_that_does_not_run_is_refused_not_raised(folded: onnx.ModelProto) -> None:
+    fused, _ = onnxgraph.fused(folded)
+    for node in fused.graph.node:
+        if node.op_type == "Attention":
+            for attr in node.attribute:
+                if attr.name == "num_heads":
+                    attr.i = 7  # 384 does not split into 7 heads: onnxruntime refuses the graph
+    assert not reproduces(onnxgraph.serialized(folded), onnxgraph.serialized(fused))
