@@ -1,7 +1,7 @@
 """Two builds of `session-mcp` side by side over stdio, called alternately: an A/B that survives a noisy machine.
 
 Run by hand:  .venv/bin/python bench/stdio_ab.py --a OLD/bin/session-mcp [--b NEW/bin/session-mcp]
-              [--size 10000] [--calls 60] [--rounds 5]
+              [--size 10000] [--calls 60] [--rounds 5] [--database-url postgresql://...]
 
 Why: on this shared 2-core machine a no-op tool took 2.0 ms in one run of bench/stdio_speed.py and
 4.8 ms in the next, so two builds benchmarked one after the other differ by more than most changes
@@ -48,10 +48,39 @@ def arguments(tool: str, i: int, queries: list[str], adds: list[str]) -> dict[st
     return {"session_id": SESSION, "key": "ab-counter"}
 
 
-async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def in_schema(database_url: str, schema: str) -> str:
+    sep = "&" if "?" in database_url else "?"
+    return f"{database_url}{sep}options=-csearch_path%3D{schema}"
+
+
+def schemas(database_url: str, statement: str) -> None:
+    """Run `statement` (with `{schema}`) for each build's PostgreSQL schema."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for label in ("a", "b"):
+            conn.execute(statement.format(schema=f"stdio_ab_{label}"))
+
+
+def databases(args: argparse.Namespace, work: Path) -> dict[str, str]:
+    """Each build's database, populated alike: a copy of one SQLite file, or on PostgreSQL
+    (--database-url) a schema each, filled with the same texts and vectors (no copy across)."""
     seed = work / "seed"
     print(f"populating {args.size} memories ...", flush=True)
-    populate(seed, f"sqlite:///{seed}/session-mcp.db", args.size, Sentences(seed=1), set())
+    if not args.database_url:
+        populate(seed, f"sqlite:///{seed}/session-mcp.db", args.size, Sentences(seed=1), set())
+        for label in ("A", "B"):
+            shutil.copytree(seed, work / label)
+        return {label: f"sqlite:///{work / label}/session-mcp.db" for label in ("A", "B")}
+    schemas(args.database_url, "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+    urls = {label: in_schema(args.database_url, f"stdio_ab_{label.lower()}") for label in ("A", "B")}
+    for label, url in urls.items():
+        populate(work / label, url, args.size, Sentences(seed=1), set())
+    return urls
+
+
+async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    urls = databases(args, work)
     n = args.calls * args.rounds
     words = Sentences(seed=7)
     queries = [words.one(4, 10) for _ in range(n + 10)]
@@ -62,11 +91,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         clients: dict[str, Client] = {}
         pids: dict[str, int] = {}
         for label, command in builds.items():
-            data = work / label
-            shutil.copytree(seed, data)
-            params = StdioServerParameters(
-                command=command, env=server_env(data, f"sqlite:///{data}/session-mcp.db")
-            )
+            params = StdioServerParameters(command=command, env=server_env(work / label, urls[label]))
             errlog = stack.enter_context((work / f"{label}.log").open("w"))
             client = Client(
                 stdio_client(params, errlog=errlog), read_timeout_seconds=CALL_TIMEOUT, mode="legacy"
@@ -94,6 +119,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                             raise RuntimeError(f"{tool} on {label} failed: {result.content}")
         peak = {label: memory_mb(pid).get("VmHWM", float("nan")) for label, pid in pids.items()}
     out: dict[str, Any] = {"a": args.a, "b": args.b, "size": args.size, "calls": n, "tools": {}}
+    out["database"] = "postgresql" if args.database_url else "sqlite"
     out["peak_rss_mb"] = peak
     print(f"peak RSS         A {peak['A']:7.1f} MB   B {peak['B']:7.1f} MB")
     for tool in TOOLS:
@@ -115,9 +141,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10_000, help="memories in the searched scope")
     parser.add_argument("--calls", type=int, default=60, help="calls per tool per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL database (postgresql://user@host:5432/db) to run both builds on, each in "
+        "a schema of its own (stdio_ab_a, stdio_ab_b, dropped afterwards); default: SQLite files",
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="stdio-ab-") as tmp:
-        out = anyio.run(run, args, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(prefix="stdio-ab-") as tmp:
+            out = anyio.run(run, args, Path(tmp))
+    finally:
+        if args.database_url:
+            schemas(args.database_url, "DROP SCHEMA IF EXISTS {schema} CASCADE")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(f"results written to {RESULTS}")
