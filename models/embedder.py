@@ -420,17 +420,19 @@ def prepare_variant(source: Path, fp32: Path, dynamic: Path, variant: str) -> No
 
         model = onnxgraph.load(source)
         folded = onnxgraph.fold_dequantization(model)
+        data = onnxgraph.serialized(model)
         fused, counts = onnxgraph.fused(model)
         if any(counts.values()):
-            if reproduces(onnxgraph.serialized(model), onnxgraph.serialized(fused)):
-                model = fused
+            fused_data = onnxgraph.serialized(fused)
+            if reproduces(data, fused_data):
+                data = fused_data
             else:  # the child's stderr reaches the parent only on failure: this is for a debugger
                 sys.stderr.write(f"fused graph ({counts}) differs from the unfused one; kept unfused\n")
                 counts = {}
         if folded == 0 and not any(counts.values()):
             plain = source
         else:
-            _atomic_write(fp32, onnxgraph.serialized(model))
+            _atomic_write(fp32, data)
     if variant == "int8-dynamic" and not dynamic.exists():
         _quantize_dynamic(plain, dynamic)
 

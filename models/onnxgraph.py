@@ -151,8 +151,15 @@ class _Graph:
         for node in graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
-        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.tensors = {t.name: t for t in graph.initializer}
+        self._arrays: dict[str, AnyArray] = {}  # only what the match reads, not every weight
         self.inputs = {i.name for i in graph.input}
+
+    def constant(self, name: str) -> AnyArray:
+        """The initializer `name` as an array (KeyError when it is not one)."""
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self.tensors[name])
+        return self._arrays[name]
 
     def made_by(self, name: str, op_type: str) -> Any:
         node = self.producers.get(name)
@@ -167,7 +174,7 @@ class _Graph:
         return readers[0]
 
     def scalar(self, name: str) -> float:
-        value = self.constants.get(name)
+        value = self.constant(name) if name in self.tensors else None
         if value is None or value.size != 1:
             raise _NoMatch(name)
         return float(value.reshape(()))
@@ -175,7 +182,7 @@ class _Graph:
     def scaled(self, node: Any) -> tuple[str, float]:
         """A Mul of a tensor by a constant scalar: (the tensor, the scalar)."""
         for i, j in ((0, 1), (1, 0)):
-            if node.input[j] in self.constants:
+            if node.input[j] in self.tensors:
                 return node.input[i], self.scalar(node.input[j])
         raise _NoMatch(node.name)
 
@@ -195,15 +202,15 @@ class _Graph:
             if (
                 matmul is not None
                 and matmul.op_type == "MatMul"
-                and matmul.input[1] in self.constants
-                and bias in self.constants
+                and matmul.input[1] in self.tensors
+                and bias in self.tensors
             ):
                 return matmul, bias, self._last_dim(reshape.input[1])
         raise _NoMatch(name)
 
     def _last_dim(self, shape: str) -> int:
-        if shape in self.constants:
-            return int(self.constants[shape].reshape(-1)[-1])
+        if shape in self.tensors:
+            return int(self.constant(shape).reshape(-1)[-1])
         concat = self.made_by(shape, "Concat")
         return int(self.scalar(concat.input[-1]))
 
@@ -276,9 +283,9 @@ def _attention(g: _Graph, softmax: Any, n: int) -> tuple[Any, list[Any]]:
     merged = g.only_reader(merged_heads.output[0], "Reshape")
     if not q.input[0] == k.input[0] == v.input[0]:
         raise _NoMatch(softmax.name)
-    weights = numpy.concatenate([g.constants[m.input[1]] for m in (q, k, v)], axis=1)
-    bias = numpy.concatenate([g.constants[b] for b in (q_bias, k_bias, v_bias)])
-    hidden = g.constants[q.input[1]].shape[1]
+    weights = numpy.concatenate([g.constant(m.input[1]) for m in (q, k, v)], axis=1)
+    bias = numpy.concatenate([g.constant(b) for b in (q_bias, k_bias, v_bias)])
+    hidden = g.constant(q.input[1]).shape[1]
     if head_size <= 0 or hidden % head_size or weights.ndim != 2 or bias.shape != (3 * hidden,):
         raise _NoMatch(softmax.name)
     w_name, b_name = f"fused_attention_{n}_qkv_weight", f"fused_attention_{n}_qkv_bias"

@@ -40,9 +40,9 @@ from session_mcp.models.errors import UrlNotAllowed
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
+"""(host, port) -> the addresses it resolves to, as strings; raises OSError when it cannot."""
 RESOLVE_TIMEOUT_S = 10.0
 """How long a host name may take to resolve when no request deadline applies (a URL checked alone)."""
-"""(host, port) -> the addresses it resolves to, as strings; raises OSError when it cannot."""
 FailureKind = Literal["unreachable", "timeout", "too_large", "bad_response", "redirects"]
 
 DEFAULT_ALLOW = "loopback,private"

@@ -4,11 +4,11 @@ The database is the source of truth (DESIGN invariant 1); everything here is a c
 deleted at any time. Each scope (a user's long-term memory, a session's short-term memory, a
 knowledge owner) has its own cache, because usearch's search takes no filter.
 
-Every loaded scope is an exact float16 matrix (L2-normalised rows, SIMD brute force: ~3.9 ms at
-100k x 384 here, cosines within 1e-4 of float32), so a scope is always searchable exactly, from its
-first search on; below `exact_below` rows an int8 copy beside it shortlists the rows the float16
-scan scores (vectorstores.py). A scope of `exact_below` vectors or more also gets a USearch HNSW index as an
-accelerator, never inside a request: one daemon worker thread per instance (one per process in the
+Every loaded scope is an exact float16 matrix (L2-normalised rows, SIMD brute force: 3.9-5.7 ms at
+100k x 384 on the machines measured, cosines within 1e-4 of float32), so a scope is always
+searchable exactly, from its first search on; below `exact_below` rows an int8 copy beside it
+shortlists the rows the float16 scan scores (vectorstores.py). A scope of `exact_below` vectors or
+more also gets a USearch HNSW index as an accelerator, never inside a request: one daemon worker thread per instance (one per process in the
 server; started when work is queued, gone when idle, stopped by `close()`, awaited by
 `wait_idle()`) loads it from its file or builds it (single-threaded adds: multi-threaded ones leave
 unreachable nodes), scopes queued one after another, while searches keep using the matrix. The

@@ -124,10 +124,11 @@ class ExactStore:
         unit = q / norm if norm > 0 else q
         k = min(k, self.n)
         rows: NDArray[np.intp] | None = None
-        if self.coarse is not None and norm > 0 and _shortlist(k) < self.n:
+        shortlist = _shortlist(k)
+        if self.coarse is not None and norm > 0 and shortlist < self.n:
             q8, _ = _int8(unit[None, :])
             approx = _dots(q8, self.coarse[: self.n]) * self.coarse_scale[: self.n]
-            rows = np.argpartition(approx, self.n - _shortlist(k))[self.n - _shortlist(k) :]
+            rows = np.argpartition(approx, self.n - shortlist)[self.n - shortlist :]
         # float64 out: asking numkong for float32 measured four times slower (1.3 vs 0.32 ms).
         half = unit.astype(np.float16)[None, :]
         sims = _dots(half, self.mat[rows] if rows is not None else self.mat[: self.n])
