@@ -20,6 +20,7 @@ from session_mcp.models.embedder import (
     MAX_TOKENS,
     PACKAGED_MODEL_SHA256,
     Embedder,
+    open_session,
     verify_sha256,
 )
 from session_mcp.models.errors import EngineError
@@ -254,6 +255,17 @@ def test_prepared_models_run_fused_attention_and_gelu(embedder: Embedder, cache_
         None,
     )
     assert (int8.get("QAttention"), int8.get("Gelu"), int8.get("Softmax")) == (6, 6, None)
+
+
+def test_sessions_keep_the_layer_norms_unfused(embedder: Embedder, cache_dir: Path, tmp_path: Path) -> None:
+    """onnxruntime's SkipLayerNormalization kernel is slower on CPU than the Add + LayerNormalization
+    it would replace (embedder._UNFUSED): the sessions leave the model's layer norms as they are."""
+    key = PACKAGED_MODEL_SHA256[:12]
+    open_session(cache_dir / f"minilm-fp32-fused-{key}.onnx", optimized_to=tmp_path / "optimized.onnx")
+    ops = onnxgraph.op_counts(onnxgraph.load(tmp_path / "optimized.onnx"))
+    assert ops.get("SkipLayerNormalization") is None
+    assert ops.get("LayerNormalization") == 13  # the embeddings' and two in each of the six layers
+    assert ops.get("Attention") == 6  # the optimisers that do pay still run
 
 
 def test_folded_model_is_cached_and_reused(embedder: Embedder, cache_dir: Path) -> None:
