@@ -191,7 +191,7 @@ class Embedder:
         if len(texts) == 0:
             return numpy.zeros((0, DIM), dtype=numpy.float32)
         session = self._ensure_session()
-        encodings = self._embed_tokenizer.encode_batch(list(texts))
+        encodings = self._encode(self._embed_tokenizer, texts)
         ids_per_text: list[list[int]] = [e.ids for e in encodings]
         # Longest first so that each batch is padded only to its own longest text: with mixed
         # lengths, padding everything to the overall maximum would waste most of the compute.
@@ -248,7 +248,7 @@ class Embedder:
         if len(texts) == 0:
             return []
         self._ensure_tokenizers()
-        encodings = self._count_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        encodings = self._encode(self._count_tokenizer, texts, add_special_tokens=False)
         return [len(e.ids) for e in encodings]
 
     def close(self) -> None:
@@ -265,6 +265,16 @@ class Embedder:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="session-mcp-embed")
             return self._pool
+
+    @staticmethod
+    def _encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool = True) -> list[Any]:
+        """`encode_batch`, except that one text is encoded here, on the calling thread: encode_batch
+        hands even a single text to the tokenizer's worker pool and sleeps until a worker has done
+        it, and then waits again for the GIL, which another thread may hold (a search's SQL runs
+        beside its embedding). The encodings are the same either way."""
+        if len(texts) == 1:
+            return [tokenizer.encode(texts[0], add_special_tokens=add_special_tokens)]
+        return list(tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens))
 
     def _run_batch(self, session: Any, batch: list[list[int]]) -> FloatArray:
         width = max(len(ids) for ids in batch)
