@@ -116,6 +116,11 @@ class AgentProbe(Protocol):
         ...
 
 
+TTL_CEILING_S = 100 * 366 * 86_400
+"""The longest TTL any server takes, whatever its maximum setting: past it the expiry date could
+leave the range a datetime holds (year 9999)."""
+
+
 class Sessions:
     def __init__(self, db: Database, clock: Clock, limits: Limits, agents: AgentProbe | None = None) -> None:
         self.db = db
@@ -193,6 +198,10 @@ class Sessions:
             if ttl_seconds < 0:
                 raise InvalidArgument(
                     f"ttl_seconds={ttl_seconds} is negative; use null for no expiry or a number of seconds >= 0"
+                )
+            if not ttl_seconds <= TTL_CEILING_S:  # also NaN: an expiry must be a date the database can hold
+                raise InvalidArgument(
+                    f"ttl_seconds={ttl_seconds} is more than 100 years; use null for a session that never expires"
                 )
             if self.limits.max_ttl_seconds is not None and ttl_seconds > self.limits.max_ttl_seconds:
                 raise LimitExceeded(

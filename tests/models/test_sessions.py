@@ -19,7 +19,7 @@ from session_mcp.models.errors import (
 )
 from session_mcp.models.layer import SessionLayer
 from session_mcp.models.limits import Limits
-from session_mcp.models.sessions import SessionRecord
+from session_mcp.models.sessions import TTL_CEILING_S, SessionRecord
 from session_mcp.models.tables import SessionRow
 
 
@@ -50,6 +50,16 @@ def test_negative_ttl_is_invalid_and_creates_nothing(layer: SessionLayer) -> Non
         layer.sessions.create("neg", ttl_seconds=-1)
     with pytest.raises(SessionNotFound):
         layer.sessions.get("neg")
+
+
+def test_a_ttl_past_any_calendar_is_invalid_and_creates_nothing(layer: SessionLayer) -> None:
+    """Found by the fuzzer: 8000 years overflowed the expiry date into an internal error."""
+    for ttl in (251_635_075_200.0, 1e308, float("inf"), float("nan")):
+        with pytest.raises(InvalidArgument, match="more than 100 years"):
+            layer.sessions.create("far", ttl_seconds=ttl)
+    with pytest.raises(SessionNotFound):
+        layer.sessions.get("far")
+    assert layer.sessions.create("century", ttl_seconds=TTL_CEILING_S).expires_at is not None
 
 
 def test_ttl_over_the_maximum_is_refused(layer: SessionLayer) -> None:
