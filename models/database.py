@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, DisconnectionError, OperationalError
 
 from session_mcp.models.errors import EngineError, InvalidArgument
 
@@ -131,6 +131,8 @@ class Database:
         except OperationalError as exc:
             log.exception("database write failed")
             raise EngineError("the database could not complete the write; try again") from exc
+        except DataError as exc:
+            raise _refused_value(exc) from exc
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -146,6 +148,18 @@ class Database:
         except OperationalError as exc:
             log.exception("database read failed")
             raise EngineError("the database could not complete the read; try again") from exc
+        except DataError as exc:
+            raise _refused_value(exc) from exc
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _refused_value(exc: DataError) -> InvalidArgument:
+    """A value the database will not hold (PostgreSQL refuses a NUL character in text, for one): the
+    caller's input, so it is reported as such, and the transaction was rolled back."""
+    log.info("the database refused a value: %s", str(exc.orig).splitlines()[0] if exc.orig else exc)
+    return InvalidArgument(
+        "the database refused a value of this call as invalid data (a NUL character \\u0000 in a "
+        "string, say); change the value and call again"
+    )

@@ -13,11 +13,32 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import CallToolResult, TextContent
 
-from session_mcp.models.errors import NotFound, SessionError
+from session_mcp.models.errors import InvalidArgument, NotFound, SessionError
 
 log = logging.getLogger("session_mcp.errors")
 F = TypeVar("F", bound=Callable[..., Any])
 _PREFIX = "Error executing tool "
+
+
+def storable(arguments: dict[str, Any]) -> None:
+    """Refuse a tool argument holding a NUL character (in a string, a key or anywhere inside a JSON
+    value): PostgreSQL cannot store one in text or JSON, so on SQLite alone it would be kept. One
+    rule for both databases, naming the argument, before anything runs."""
+
+    def has_nul(value: Any) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        if isinstance(value, list | tuple):
+            return any(has_nul(v) for v in value)
+        return False
+
+    for name, value in arguments.items():
+        if has_nul(value):
+            raise InvalidArgument(
+                f"{name} contains a NUL character (\\u0000), which cannot be stored; remove it"
+            )
 
 
 def tool_errors(fn: F) -> F:
@@ -32,6 +53,7 @@ def tool_errors(fn: F) -> F:
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
+                storable(kwargs)
                 return await fn(*args, **kwargs)
             except SessionError as exc:
                 return refused(exc)
@@ -41,6 +63,7 @@ def tool_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            storable(kwargs)
             return fn(*args, **kwargs)
         except SessionError as exc:
             return refused(exc)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from session_mcp.models.database import Database, sqlite_url
-from session_mcp.models.errors import EngineError
+from session_mcp.models.errors import EngineError, InvalidArgument, SessionNotFound
 from session_mcp.models.layer import SessionLayer
 from session_mcp.models.tables import SessionRow
 
@@ -85,3 +85,18 @@ def test_a_connection_checked_in_moments_ago_is_used_without_asking_the_server(p
         assert _backend_pid(db) != first
     finally:
         db.close()
+
+
+def test_a_value_the_database_refuses_is_invalid_argument_and_changes_nothing(layer: SessionLayer) -> None:
+    """PostgreSQL refuses a NUL character in text (the tools refuse it first, for both databases;
+    this is the layer's own guard): reported as the caller's bad input, never as a crash."""
+    layer.sessions.create("s")
+    if layer.db.is_sqlite:
+        with pytest.raises(SessionNotFound):
+            layer.sessions.get("nul\x00id")
+        return
+    with pytest.raises(InvalidArgument, match="refused a value"):
+        layer.sessions.get("nul\x00id")
+    with pytest.raises(InvalidArgument, match="refused a value"):
+        layer.history.add("s", "user", "a NUL \x00 in a message")
+    assert layer.history.get("s").messages == []

@@ -55,6 +55,24 @@ async def test_session_round_trip(client: Client, clock: ManualClock) -> None:
     assert closed["status"] == "closed"
 
 
+async def test_a_nul_character_in_any_argument_is_refused_by_name_on_both_databases(client: Client) -> None:
+    """PostgreSQL cannot store a NUL in text or JSON; found by fuzzing as an internal error there."""
+    await call(client, "session_create", session_id="s")
+    await call(client, "state_set", session_id="s", key="k", value={"a": [1]})
+    refused = [  # (tool, the argument named, arguments)
+        ("session_get", "session_id", {"session_id": "s\x00"}),
+        ("state_set", "value", {"session_id": "s", "key": "k", "value": {"a": ["x\x00"]}}),
+        ("memory_add", "metadata", {"session_id": "s", "text": "a fact", "metadata": {"nul\x00key": 1}}),
+        ("history_add", "content", {"session_id": "s", "role": "user", "content": "hi \x00"}),
+    ]
+    for tool, named, arguments in refused:
+        text = await error(client, tool, **arguments)
+        assert text.startswith(f"invalid_argument: {named} contains a NUL character"), text
+    assert (await call(client, "state_get", session_id="s", key="k"))["value"] == {"a": [1]}
+    assert (await call(client, "history_get", session_id="s"))["messages"] == []
+    assert (await call(client, "memory_search", session_id="s", query="a fact"))["results"] == []
+
+
 async def test_state_tools(client: Client) -> None:
     await call(client, "session_create", session_id="s")
     assert (await call(client, "state_set", session_id="s", key="score", value=10))["version"] == 1
