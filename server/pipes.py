@@ -9,6 +9,9 @@ or terminals. Elsewhere (Windows, a file redirected in) the SDK's own transport 
 
 A line may be up to SESSION_MCP_MAX_BODY_BYTES long, as an HTTP body may: asyncio's reader needs
 a bound, and a longer line is read past and refused by its request id instead of ending the loop.
+A line the SDK cannot read as a JSON-RPC message (not JSON, the wrong shape, a string with an
+unpaired surrogate escape) is answered with a parse error or an invalid request, where the SDK
+alone drops it without a reply and its client waits out a timeout.
 
 While serving, fd 0 reads the null device and fd 1 writes to stderr, as under the SDK's transport,
 so a stray print from a library or a child process never lands in the protocol; the protocol goes
@@ -31,7 +34,7 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
-from mcp.types import INVALID_REQUEST
+from mcp.types import INVALID_REQUEST, PARSE_ERROR
 
 log = logging.getLogger("session_mcp.server")
 _ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
@@ -70,7 +73,43 @@ async def _serve(server: MCPServer[Any], line_limit: int) -> None:
         # MCPServer runs stdio only on its own transport; this is what its run_stdio_async does
         # with the streams (the SDK's in-memory client reaches for the same attribute).
         lowlevel = server._lowlevel_server
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+        answered = _Answered(read_stream, lines, replies)
+        await lowlevel.run(answered, write_stream, lowlevel.create_initialization_options())
+
+
+class _Answered:
+    """The SDK's read stream, passing every item on, with each line the SDK could not parse answered.
+
+    The SDK's reader parses one line at a time and hands the parse failure over before it reads the
+    next, so the line behind a failure is the one `_Lines` handed out last."""
+
+    def __init__(self, inner: Any, lines: _Lines, replies: _Replies) -> None:
+        self._inner = inner
+        self._lines = lines
+        self._replies = replies
+
+    @property
+    def last_context(self) -> Any:  # the dispatcher reads the sender's context of each item here
+        return getattr(self._inner, "last_context", None)
+
+    async def __aenter__(self) -> _Answered:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._inner.__aexit__(*exc_info)
+
+    def __aiter__(self) -> _Answered:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._inner.__anext__()
+        if isinstance(item, Exception):
+            self._replies.unreadable(self._lines.last)
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class _Lines:
@@ -80,6 +119,7 @@ class _Lines:
     def __init__(self, reader: asyncio.StreamReader, refuse: Callable[[bytes], None]) -> None:
         self._reader = reader
         self._refuse = refuse
+        self.last = ""  # the line handed out last: the one the SDK is parsing now
 
     def __aiter__(self) -> _Lines:
         return self
@@ -97,7 +137,8 @@ class _Lines:
                 await self._skip_rest_of_line()
                 self._refuse(head[:4096])
                 continue
-            return line.decode("utf-8", errors="replace")
+            self.last = line.decode("utf-8", errors="replace")
+            return self.last
 
     async def _skip_rest_of_line(self) -> None:
         while True:
@@ -133,7 +174,47 @@ class _Replies:
             "(SESSION_MCP_MAX_BODY_BYTES); send less in one call"
         )
         log.warning("refused a stdio message over %d bytes (request id %r)", limit, request_id)
-        error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": INVALID_REQUEST, "message": message}}
+        self._error(request_id, INVALID_REQUEST, message)
+
+    def unreadable(self, line: str) -> None:
+        """Answer a line the SDK could not read as a JSON-RPC message (it drops such a line without
+        a word, and the client would wait out its timeout): a parse error if it is not JSON, else
+        an invalid request, under the message's id when it has a usable one. A reply the client
+        sent that cannot be read is only logged: there is no request of ours to answer it with."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("refused a stdio line that is not JSON")
+            self._error(
+                None,
+                PARSE_ERROR,
+                "parse error: the line is not valid JSON; send one JSON-RPC message per line",
+            )
+            return
+        request_id = message.get("id") if isinstance(message, dict) else None
+        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+            request_id = None
+        if (
+            isinstance(message, dict)
+            and "method" not in message
+            and ("result" in message or "error" in message)
+        ):
+            log.warning(
+                "dropped a reply from the client that is not a valid JSON-RPC response (id %r)", request_id
+            )
+            return
+        log.warning(
+            "refused a stdio message that is not a valid JSON-RPC message (request id %r)", request_id
+        )
+        self._error(
+            request_id,
+            INVALID_REQUEST,
+            "invalid request: not a JSON-RPC 2.0 message this server can read (a field of the wrong type, "
+            "or a string with an unpaired surrogate escape such as \\ud800); fix the message and send it again",
+        )
+
+    def _error(self, request_id: int | str | None, code: int, message: str) -> None:
+        error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
         self._writer.write(json.dumps(error).encode("utf-8") + b"\n")
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import anyio
@@ -139,3 +140,50 @@ def test_a_line_over_the_limit_is_refused_by_its_id_and_the_server_goes_on(tmp_p
         assert "SESSION_MCP_MAX_BODY_BYTES" in refused["error"]["message"]
     assert replies[4]["result"]["content"][0]["text"] == "still here"
     assert stderr.decode().count("refused a stdio message over 4096") == 3  # logged, to stderr
+
+
+def test_a_line_the_sdk_cannot_read_is_answered_not_dropped_and_the_server_goes_on(tmp_path: Path) -> None:
+    """The SDK drops a line it cannot parse without a reply, and its client waits out a timeout:
+    here each gets a JSON-RPC error (under its id when it has a usable one), and a reply from the
+    client that cannot be read is only logged."""
+    script = tmp_path / "echo.py"
+    script.write_text(ECHO_SERVER)
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    stdin = b"".join(
+        [
+            _request(1, "initialize", hello),
+            b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n',
+            b"{this is not json\n",
+            b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", '
+            b'"arguments": {"text": "lone \\ud800 surrogate"}}}\n',
+            b'{"jsonrpc": "1.0", "id": "three", "method": "tools/call"}\n',
+            b'{"jsonrpc": "2.0", "id": 7, "result": {"bad": "\\udfff"}}\n',  # an unreadable reply
+            b"[1, 2, 3]\n",
+            _request(4, "tools/call", {"name": "echo", "arguments": {"text": "still here"}}),
+        ]
+    )
+    server = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stop = threading.Timer(60, server.kill)  # a reply that never comes ends the reads, not the run
+    stop.start()
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write(stdin)
+        server.stdin.flush()
+        lines = [server.stdout.readline() for _ in range(6)]
+    finally:
+        stop.cancel()
+        _, stderr = server.communicate(timeout=60)
+    assert all(lines), f"{sum(map(bool, lines))} of 6 replies came"
+    replies = [json.loads(line) for line in lines]
+    by_id = {r["id"]: r for r in replies if r["id"] is not None}
+    nulls = [r for r in replies if r["id"] is None]
+    assert sorted(by_id, key=str) == sorted([1, 2, "three", 4], key=str) and len(nulls) == 2
+    assert nulls[0]["error"]["code"] == -32700 and "not valid JSON" in nulls[0]["error"]["message"]
+    assert nulls[1]["error"]["code"] == -32600  # a JSON array is no message
+    for refused in (by_id[2], by_id["three"]):
+        assert refused["error"]["code"] == -32600
+        assert "not a JSON-RPC 2.0 message" in refused["error"]["message"]
+    assert by_id[4]["result"]["content"][0]["text"] == "still here"
+    assert "dropped a reply from the client" in stderr.decode()
