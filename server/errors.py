@@ -21,24 +21,31 @@ _PREFIX = "Error executing tool "
 
 
 def storable(arguments: dict[str, Any]) -> None:
-    """Refuse a tool argument holding a NUL character (in a string, a key or anywhere inside a JSON
-    value): PostgreSQL cannot store one in text or JSON, so on SQLite alone it would be kept. One
-    rule for both databases, naming the argument, before anything runs."""
+    """Refuse a tool argument no database can store, naming it, before anything runs: a NUL
+    character, which PostgreSQL refuses in text and JSON (so SQLite alone would keep it), or an
+    unpaired surrogate, which is no UTF-8 at all. Both can sit in a string, a key or anywhere
+    inside a JSON value. Over stdio and HTTP the SDK's JSON parser already refuses a surrogate
+    escape; a caller in the same process (the in-memory client) reaches here with one."""
 
-    def has_nul(value: Any) -> bool:
+    def flaw(value: Any) -> str | None:
         if isinstance(value, str):
-            return "\x00" in value
+            if "\x00" in value:
+                return "a NUL character (\\u0000)"
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "an unpaired surrogate (\\ud800-\\udfff)"
+            return None
         if isinstance(value, dict):
-            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+            return next((f for k, v in value.items() if (f := flaw(k) or flaw(v))), None)
         if isinstance(value, list | tuple):
-            return any(has_nul(v) for v in value)
-        return False
+            return next((f for v in value if (f := flaw(v))), None)
+        return None
 
     for name, value in arguments.items():
-        if has_nul(value):
-            raise InvalidArgument(
-                f"{name} contains a NUL character (\\u0000), which cannot be stored; remove it"
-            )
+        if found := flaw(value):
+            raise InvalidArgument(f"{name} contains {found}, which cannot be stored; remove it")
 
 
 def tool_errors(fn: F) -> F:

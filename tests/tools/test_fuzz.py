@@ -85,7 +85,16 @@ JSON_LEAVES = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=40)
     | st.sampled_from(
-        ["", " ", "\x00", "../../etc/passwd", "'; DROP TABLE sessions; --", "é" * 300, "\u202e"]
+        [
+            "",
+            " ",
+            "\x00",
+            "\ud800 lone",
+            "../../etc/passwd",
+            "'; DROP TABLE sessions; --",
+            "é" * 300,
+            "\u202e",
+        ]
     )
 )
 JSON_VALUES = st.recursive(
