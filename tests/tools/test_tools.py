@@ -55,9 +55,7 @@ async def test_session_round_trip(client: Client, clock: ManualClock) -> None:
     assert closed["status"] == "closed"
 
 
-async def test_a_nul_or_an_unpaired_surrogate_in_any_argument_is_refused_by_name_on_both_databases(
-    client: Client,
-) -> None:
+async def test_a_nul_character_in_any_argument_is_refused_by_name_on_both_databases(client: Client) -> None:
     """PostgreSQL cannot store a NUL in text or JSON; found by fuzzing as an internal error there."""
     await call(client, "session_create", session_id="s")
     await call(client, "state_set", session_id="s", key="k", value={"a": [1]})
@@ -70,15 +68,6 @@ async def test_a_nul_or_an_unpaired_surrogate_in_any_argument_is_refused_by_name
     for tool, named, arguments in refused:
         text = await error(client, tool, **arguments)
         assert text.startswith(f"invalid_argument: {named} contains a NUL character"), text
-    # An unpaired surrogate is no UTF-8: it failed the database driver as an internal error.
-    surrogates = [
-        ("state_set", "value", {"session_id": "s", "key": "k", "value": "v\udfff"}),
-        ("history_add", "content", {"session_id": "s", "role": "user", "content": "x\ud800y"}),
-        ("memory_add", "metadata", {"session_id": "s", "text": "a fact", "metadata": {"k": ["\udc00"]}}),
-    ]
-    for tool, named, arguments in surrogates:
-        text = await error(client, tool, **arguments)
-        assert text.startswith(f"invalid_argument: {named} contains an unpaired surrogate"), text
     assert (await call(client, "state_get", session_id="s", key="k"))["value"] == {"a": [1]}
     assert (await call(client, "history_get", session_id="s"))["messages"] == []
     assert (await call(client, "memory_search", session_id="s", query="a fact"))["results"] == []
