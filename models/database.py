@@ -158,7 +158,7 @@ class Database:
 def _refused_value(exc: DataError) -> InvalidArgument:
     """A value the database will not hold (PostgreSQL refuses a NUL character in text, for one): the
     caller's input, so it is reported as such, and the transaction was rolled back."""
-    log.info("the database refused a value: %s", str(exc.orig).splitlines()[0] if exc.orig else exc)
+    log.info("the database refused a value: %s", exc.orig if exc.orig is not None else exc)
     return InvalidArgument(
         "the database refused a value of this call as invalid data (a NUL character \\u0000 in a "
         "string, say); change the value and call again"

@@ -98,11 +98,11 @@ query of 11 or 20 tokens, a batch of 32 x 40) and 0.90x / 0.98x with fp32, outpu
 (an Intel Xeon, 2 vCPUs, AVX-512 VNNI)."""
 
 
-def open_session(path: Path, *, optimized_to: Path | None = None) -> Any:
-    """An onnxruntime CPU session on `path` as the embedder runs it. Each run computes on its
-    caller's thread only (see `Embedder`): parallelism comes from running batches side by side,
-    and a lone query never waits for a wake-up. `optimized_to` also writes the graph onnxruntime
-    optimised (for tests and for looking at)."""
+def open_session(model: Path | bytes, *, optimized_to: Path | None = None) -> Any:
+    """An onnxruntime CPU session on a model file (or its bytes) as the embedder runs it. Each run
+    computes on its caller's thread only (see `Embedder`): parallelism comes from running batches
+    side by side, and a lone query never waits for a wake-up. `optimized_to` also writes the graph
+    onnxruntime optimised (for tests and for looking at)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -111,7 +111,7 @@ def open_session(path: Path, *, optimized_to: Path | None = None) -> Any:
     if optimized_to is not None:
         options.optimized_model_filepath = str(optimized_to)
     return onnxruntime.InferenceSession(
-        str(path),
+        model if isinstance(model, bytes) else str(model),
         sess_options=options,
         providers=["CPUExecutionProvider"],
         disabled_optimizers=list(_UNFUSED),
@@ -479,12 +479,8 @@ def reproduces(plain: bytes, rewritten: bytes) -> bool:
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": numpy.zeros_like(ids)}
     outputs = []
     for model in (plain, rewritten):
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
         try:
-            session = onnxruntime.InferenceSession(
-                model, sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            session = open_session(model)  # as the embedder will run it
             inputs = session.get_inputs()
             if any(i.name not in feeds for i in inputs):
                 return False  # not a BERT-style model: _inspect says so once it is loaded

@@ -201,7 +201,8 @@ class Sessions:
                 )
             if not ttl_seconds <= TTL_CEILING_S:  # also NaN: an expiry must be a date the database can hold
                 raise InvalidArgument(
-                    f"ttl_seconds={ttl_seconds} is more than 100 years; use null for a session that never expires"
+                    f"ttl_seconds={ttl_seconds} is more than 100 years or not a number; "
+                    "use null for a session that never expires"
                 )
             if self.limits.max_ttl_seconds is not None and ttl_seconds > self.limits.max_ttl_seconds:
                 raise LimitExceeded(

@@ -67,28 +67,40 @@ def codes() -> set[str]:
     return found
 
 
+def knowledge_root(tmp_path: Path) -> Path:
+    """The one folder knowledge_add may read, with one file in it."""
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "notes.md").write_text("# Notes\n\nThe fuzzer may read this file.\n")
+    return root
+
+
+def open_sessions(portal: BlockingPortal, client: Client) -> None:
+    """The live sessions the fuzzed calls mostly name, and one for session_close to close."""
+    for session_id, user_id in [*zip(SESSIONS, OWNERS, strict=True), ("fuzz-closed", "fuzz-user")]:
+        created = portal.call(
+            client.call_tool, "session_create", {"session_id": session_id, "user_id": user_id}
+        )
+        assert not created.is_error
+
+
 @pytest.fixture
 def fuzzed(
     database_url: str, tmp_path: Path, clock: ManualClock, embedder: Embedder
 ) -> Iterator[tuple[BlockingPortal, Client]]:
-    (tmp_path / "kb").mkdir()
-    (tmp_path / "kb" / "notes.md").write_text("# Notes\n\nThe fuzzer may read this file.\n")
+    knowledge = knowledge_root(tmp_path)
     server_settings = Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         warm_model=False,
-        knowledge_roots=[tmp_path / "kb"],
+        knowledge_roots=[knowledge],
     )
     server = build_server(server_settings, clock=clock, embedder=embedder)
     with (
         start_blocking_portal(backend="asyncio") as portal,
         portal.wrap_async_context_manager(Client(server, raise_exceptions=True)) as client,
     ):
-        for session_id, user_id in [*zip(SESSIONS, OWNERS, strict=True), ("fuzz-closed", "fuzz-user")]:
-            created = portal.call(
-                client.call_tool, "session_create", {"session_id": session_id, "user_id": user_id}
-            )
-            assert not created.is_error
+        open_sessions(portal, client)
         yield portal, client
 
 
@@ -212,11 +224,10 @@ def test_every_fuzzed_call_over_stdio_gets_a_reply(tmp_path: Path) -> None:
     """The real `session-mcp` over stdio (SQLite), a smaller run: the same checks through the real
     transport and its JSON, and every call answered within its 60 s timeout (the SDK's stdio
     reader dropped lines it could not read without a reply; test_pipes.py sends such lines raw)."""
-    (tmp_path / "kb").mkdir()
-    (tmp_path / "kb" / "notes.md").write_text("# Notes\n\nThe fuzzer may read this file.\n")
+    knowledge = knowledge_root(tmp_path)
     env = {
         "SESSION_MCP_DATA_DIR": str(tmp_path / "data"),
-        "SESSION_MCP_KNOWLEDGE_ROOTS": str(tmp_path / "kb"),
+        "SESSION_MCP_KNOWLEDGE_ROOTS": str(knowledge),
         "PATH": os.environ.get("PATH", ""),
     }
     params = StdioServerParameters(command=str(Path(sys.prefix) / "bin" / "session-mcp"), env=env)
@@ -227,10 +238,6 @@ def test_every_fuzzed_call_over_stdio_gets_a_reply(tmp_path: Path) -> None:
             Client(stdio_client(params, errlog=errlog), read_timeout_seconds=60)
         ) as client,
     ):
-        for session_id, user_id in [*zip(SESSIONS, OWNERS, strict=True), ("fuzz-closed", "fuzz-user")]:
-            created = portal.call(
-                client.call_tool, "session_create", {"session_id": session_id, "user_id": user_id}
-            )
-            assert not created.is_error
+        open_sessions(portal, client)
         seen = fuzz(portal, client, max(EXAMPLES // 2, 50), leaks_for(tmp_path / "data"), wire=True)
     assert "Traceback" not in (tmp_path / "stderr.log").read_text(), seen
