@@ -32,7 +32,8 @@ from session_mcp.models.vectorstores import HnswStore
 
 log = logging.getLogger("session_mcp.vectors")
 MAGIC = b"SMCPVEC2"
-FORMAT = 2
+FORMAT = 3
+"""3: int8 vectors in the index (vectorstores.HnswStore); a file of an older format is rebuilt."""
 SUFFIX = ".usearch"
 _TAIL = 4 + 32 + len(MAGIC)
 _HASH_CHUNK = 1 << 20
@@ -103,8 +104,10 @@ def read(path: Path) -> Iterator[tuple[dict[str, Any], memoryview]]:
             raise ValueError("header checksum mismatch")
         meta: dict[str, Any] = json.loads(header)
         body = part(0, start)
-        if meta.get("format") != FORMAT or meta.get("size") != len(body):
-            raise ValueError("format or size differs from the header")
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"written in format {meta.get('format')}, this version reads format {FORMAT}")
+        if meta.get("size") != len(body):
+            raise ValueError("size differs from the header")
         if hashlib.sha256(body).hexdigest() != meta.get("sha256"):
             raise ValueError("index checksum mismatch")
         yield meta, body

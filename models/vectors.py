@@ -18,9 +18,10 @@ switches the scope to HNSW atomically under the lock. Adds and removes made duri
 replayed by that key-set diff, which needs no journal because a seq names one vector forever. Once
 live, the index gets every change the matrix gets; a catch-up of more than `_SMALL` rows parks it
 and lets the worker bring it up to date instead. A scope shrinking below half the threshold drops
-its index (no flapping). The matrix is kept beside the index (the fallback, and the truth replays
-are read from), so vector memory is about 1.5 times the raw float32 vectors; nothing else holds a
-full copy: rows are read in batches into a preallocated matrix, files are streamed. The stores
+its index (no flapping). The matrix is kept beside the index (the fallback, the truth replays
+are read from, and what ranks and scores the index's int8 candidates, so both paths return the
+same float16 cosines), so vector memory is about 0.75 times the raw float32 vectors plus the
+graph's links; nothing else holds a full copy: rows are read in batches into a preallocated matrix, files are streamed. The stores
 themselves are models/vectorstores.py (the only module importing usearch).
 
 Catch-up, per search: one `stats` call. New rows past the watermark are fetched; if the key
@@ -55,7 +56,7 @@ from numpy.typing import NDArray
 
 from session_mcp.models import vectorfile
 from session_mcp.models.errors import EngineError
-from session_mcp.models.vectorstores import ExactStore, HnswStore, Keys, Vecs
+from session_mcp.models.vectorstores import ExactStore, HnswStore, Keys, Vecs, shortlist
 
 log = logging.getLogger("session_mcp.vectors")
 _instances: weakref.WeakSet[ScopedVectors] = weakref.WeakSet()
@@ -154,9 +155,12 @@ class ScopedVectors:
                 if s.gone:  # evicted between lookup and lock: serve from its successor
                     continue
                 self._catch_up(s, source or self._source)
-                store = s.hnsw if s.hnsw is not None else s.exact
-                assert store is not None
-                return store.search(q, k) if k > 0 else []
+                assert s.exact is not None
+                if k <= 0:
+                    return []
+                if s.hnsw is not None:  # in step with the matrix, which scores its candidates
+                    return s.exact.rescored(q, s.hnsw.candidates(q, shortlist(k)))[:k]
+                return s.exact.search(q, k)
 
     def note_added(self, scope: str, seq: int, vector: NDArray[np.float32]) -> None:
         v = self._vector(vector)

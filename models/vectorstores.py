@@ -9,6 +9,7 @@ thread-safe: the caller holds the scope's lock, or owns a store no other thread 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TypeVar, cast
 
 import numpy as np
@@ -43,7 +44,7 @@ class ExactStore:
     1.22 ms, numkong float16 0.40 ms (0.32 warm); cosines differ from float32 by under 1e-4.
 
     Below `coarse_below` rows an int8 copy (one scale per row) is scanned first, and only its best
-    `_shortlist(k)` rows are scored in float16: half the bytes again (10k x 384 with the cache
+    `shortlist(k)` rows are scored in float16: half the bytes again (10k x 384 with the cache
     flushed, on an AMD EPYC: int8 0.18 against float16 0.43 ms) for half as much memory more. The
     int8 cosine is off by at most 0.003 (200 queries over 10k stored MiniLM vectors), so a row of
     the true top k misses the shortlist only if 64 other rows score within 0.006 below it; the
@@ -114,6 +115,18 @@ class ExactStore:
     def key_array(self) -> Keys:
         return self.keys[: self.n].copy()
 
+    def rescored(self, q: Vecs, keys: Sequence[int]) -> list[tuple[int, float]]:
+        """The present `keys` with their float16 cosine to `q`, best first: an approximate index's
+        candidates re-ranked, with the same scores an exact search gives."""
+        rows = np.fromiter((i for k in keys if (i := self.pos.get(k)) is not None), np.intp)
+        if not len(rows):
+            return []
+        norm = math.sqrt(float(np.dot(q, q)))
+        unit = q / norm if norm > 0 else q
+        sims = _dots(unit.astype(np.float16)[None, :], self.mat[rows])
+        order = np.argsort(-sims, kind="stable")
+        return list(zip(self.keys[rows[order]].tolist(), sims[order].tolist(), strict=True))
+
     def rows(self, keys: Keys) -> Vecs:
         """The rows of present keys, in order, as float32 copies."""
         return self.mat[np.fromiter((self.pos[int(k)] for k in keys), np.intp, len(keys))].astype(np.float32)
@@ -126,11 +139,11 @@ class ExactStore:
         unit = q / norm if norm > 0 else q
         k = min(k, self.n)
         rows: NDArray[np.intp] | None = None
-        shortlist = _shortlist(k)
-        if self.coarse is not None and norm > 0 and shortlist < self.n:
+        listed = shortlist(k)
+        if self.coarse is not None and norm > 0 and listed < self.n:
             q8 = np.rint(unit * (127.0 / float(np.abs(unit).max()))).astype(np.int8)[None, :]
             approx = _dots(q8, self.coarse[: self.n]) * self.coarse_scale[: self.n]
-            rows = np.argpartition(approx, self.n - shortlist)[self.n - shortlist :]
+            rows = np.argpartition(approx, self.n - listed)[self.n - listed :]
         # float64 out: asking numkong for float32 measured four times slower (1.3 vs 0.32 ms).
         half = unit.astype(np.float16)[None, :]
         sims = _dots(half, self.mat[rows] if rows is not None else self.mat[: self.n])
@@ -140,8 +153,9 @@ class ExactStore:
         return list(zip(self.keys[found].tolist(), sims[idx].tolist(), strict=True))
 
 
-def _shortlist(k: int) -> int:
-    """How many int8 candidates a search rescores in float16 for the best k."""
+def shortlist(k: int) -> int:
+    """How many int8 candidates (of the exact scan or of the HNSW index) a search rescores in
+    float16 for the best k."""
     return max(2 * k, k + 64)
 
 
@@ -170,13 +184,21 @@ def _grown(a: NDArray[T], used: int, capacity: int) -> NDArray[T]:
 
 
 class HnswStore:
-    """USearch HNSW, cosine metric, f32 storage so a stored vector's nearest neighbour is itself."""
+    """USearch HNSW, cosine metric, over int8 vectors: it finds candidates, and the scope's float16
+    matrix (ExactStore.rescored) ranks and scores them.
+
+    Measured here on 90k stored MiniLM vectors of bench sentences, 200 held-out ones as queries,
+    against an f32 index with the same settings: int8 took 1/4 of the memory for the vectors (87 MB
+    RSS for the whole index against about 200 MB), built 3x faster (51 s against ~170 s, one
+    thread) and searched 50 in 1.4 ms; re-ranked, its recall@10 was 0.9935, and each of 500 stored
+    vectors found itself first (R7). Unre-ranked, int8 distances put the right ten first only 0.90
+    of the time, so its scores are never returned as they are."""
 
     def __init__(self, dim: int, buffer: memoryview | None = None) -> None:
         self.index = Index(
             ndim=dim,
             metric="cos",
-            dtype="f32",
+            dtype="i8",
             connectivity=_CONNECTIVITY,
             expansion_add=_EXPANSION_ADD,
             expansion_search=_EXPANSION_SEARCH,
@@ -200,8 +222,8 @@ class HnswStore:
     def key_array(self) -> Keys:
         return cast(Keys, np.asarray(self.index.keys[:], dtype=np.int64))
 
-    def search(self, q: Vecs, k: int) -> list[tuple[int, float]]:
+    def candidates(self, q: Vecs, k: int) -> list[int]:
+        """The keys of about the `k` nearest, nearest first by int8 distance (to be re-ranked)."""
         if len(self.index) == 0:
             return []
-        m = self.index.search(q, k)
-        return [(int(key), 1.0 - float(d)) for key, d in zip(m.keys, m.distances, strict=True)]
+        return cast(list[int], self.index.search(q, k).keys.tolist())

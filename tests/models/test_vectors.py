@@ -314,7 +314,11 @@ def test_large_scope_switches_to_hnsw_with_recall_at_10_of_at_least_099(
         len({k for k, _ in vs.search("big", q, 10)} & set(brute_force(vecs, keys, q, 10))) for q in queries
     )
     assert hits / 1000 >= 0.99
-    for i in range(0, 1500, 75):  # f32 storage, single-threaded adds: a stored vector finds itself
+    for q in queries[:20]:  # the matrix's float16 cosines, not the index's int8 distances
+        for key, score in vs.search("big", q, 10):
+            assert abs(score - float(vecs[keys.index(key)] @ q)) < HALF_PRECISION
+    # Re-ranked by the matrix, built by single-threaded adds: a stored vector finds itself.
+    for i in range(0, 1500, 75):
         assert top_key(vs, "big", vecs[i]) == keys[i]
     vs.flush()
     assert len(index_files(tmp_path)) == 1  # only HNSW scopes are persisted
@@ -530,6 +534,32 @@ def test_damaged_or_missing_index_file_is_rebuilt_in_the_background(
     _corrupt_and_reload(big, tmp_path, caplog, make, hnsw_rows, damage)
     if damage == "flip":
         assert any("checksum" in r.getMessage() for r in caplog.records)
+
+
+def test_an_index_file_of_an_older_format_is_rebuilt(
+    big: Big,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    make: Callable[..., ScopedVectors],
+    hnsw_rows: Counter[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to format 2 an index held float32 vectors: such a file is rebuilt, never read as int8."""
+    src, keys, vecs, _ = big
+    path = with_big_file(big, tmp_path)
+    with vectorfile.read(path) as (meta, body):
+        usearch_bytes = bytes(body)
+    kept = {k: meta[k] for k in ("scope", "watermark", "count", "dim")}
+    with monkeypatch.context() as m:
+        m.setattr(vectorfile, "FORMAT", 2)
+        vectorfile.write(path, lambda tmp: Path(tmp).write_bytes(usearch_bytes), kept)
+    vs = make(src, tmp_path, exact_below=500)
+    with caplog.at_level(logging.WARNING, logger="session_mcp.vectors"):
+        assert top_key(vs, "big", vecs[3]) == keys[3]
+        assert vs.wait_idle(WAIT) and vs.mode("big") == "hnsw"
+    assert sum(hnsw_rows.values()) == 1500  # rebuilt from the matrix
+    assert any("written in format 2" in r.getMessage() for r in caplog.records)
+    assert top_key(vs, "big", vecs[4]) == keys[4]
 
 
 def test_save_is_atomic_no_temp_files_left(
