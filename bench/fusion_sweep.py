@@ -33,7 +33,7 @@ from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.layer import SessionLayer
 from session_mcp.models.memory import clean_text
-from session_mcp.models.ranking import STOPWORDS, fts5_query, keywords
+from session_mcp.models.ranking import STOPWORDS, fts5_words, keywords
 
 DEEP = 1000  # candidates collected per list; every depth evaluated is a truncation of these
 SELECT, CONFIRM = (0, 1, 2), (3, 4)
@@ -60,7 +60,7 @@ def _bigrams(query: str, keep_stopwords: bool) -> list[str]:
 
 
 def q_content(query: str) -> str:
-    return fts5_query(keywords(query))
+    return fts5_words(keywords(query))
 
 
 def q_all(query: str) -> str:

@@ -79,7 +79,7 @@ from sqlalchemy import text as sql
 from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.layer import SessionLayer
-from session_mcp.models.ranking import fts5_query, keywords
+from session_mcp.models.ranking import fts5_words, keywords
 from session_mcp.models.tables import ChunkRow, DocumentRow
 
 HERE = Path(__file__).resolve().parent
@@ -250,7 +250,7 @@ def measure(layer: SessionLayer, queries: list[str]) -> dict[str, Any]:
             int(
                 conn.execute(
                     sql("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH :q"),
-                    {"q": fts5_query(keywords(q))},
+                    {"q": fts5_words(keywords(q))},
                 ).scalar_one()
             )
             for q in queries[:30]

@@ -155,9 +155,24 @@ def keywords(query: str, limit: int = 32) -> list[str]:
     return list(seen)[:limit]
 
 
-def fts5_query(words: list[str]) -> str:
+def fts5_query(words: list[str], scopes: list[str] | None = None) -> str:
+    """An FTS5 MATCH expression for rows whose text has any of the words, of these scopes only if
+    given. Words are quoted so none is read as syntax; a scope is matched by its `scope_tag` token
+    (the migration "keyword index by scope")."""
+    matched = f"text : ({fts5_words(words)})"
+    if not scopes:
+        return matched
+    return f"scope_tag : ({' OR '.join(scope_tag(scope) for scope in scopes)}) AND {matched}"
+
+
+def fts5_words(words: list[str]) -> str:
     """An FTS5 MATCH expression that ORs the words; each is quoted so none is read as syntax."""
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def scope_tag(scope: str) -> str:
+    """A scope as SQLite's `'x' || hex(scope)` writes it: `x` and its UTF-8 bytes in hex."""
+    return "x" + scope.encode("utf-8").hex().upper()
 
 
 def _min_max(scores: Mapping[int, float]) -> dict[int, float]:

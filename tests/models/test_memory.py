@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from session_mcp.models.database import Database
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
+from session_mcp.models.hybrid import FullText
 from session_mcp.models.layer import SessionLayer
+from session_mcp.models.migrations import migrate
+from session_mcp.models.tables import MemoryRow
 
 
 @pytest.fixture
@@ -173,3 +179,53 @@ def test_searches_in_flight_each_answer_as_they_would_alone(layer: SessionLayer,
     assert together == alone * 3
     assert context_together == context_alone * 3
     assert all(hits for hits in alone[:-1])
+
+
+def test_a_keyword_search_ranks_only_the_rows_of_its_own_scopes(tmp_path: Path) -> None:
+    """Another user's matching rows cost a search nothing: SQLite's full-text query names the
+    scopes (before, it ranked every match in the table and dropped other scopes' rows after).
+    Counted in SQLite VM steps, which do not depend on the machine's speed."""
+    db = Database(f"sqlite:///{tmp_path / 'steps.db'}")
+    migrate(db)
+    now = datetime.now(UTC)
+    rows = [("long:big", f"tea number {n}") for n in range(2000)] + [
+        ("long:small", f"tea {n}") for n in range(5)
+    ]
+    with db.write() as conn:
+        conn.execute(
+            MemoryRow.__table__.insert(),  # type: ignore[attr-defined]
+            [
+                dict(memory_id=f"m{n}", scope=scope, session_id="s", user_id=scope, memory_type="long",
+                     text=text, text_hash=f"h{n}", meta="{}", created_at=now, embedding=b"\0" * 1536)
+                for n, (scope, text) in enumerate(rows)
+            ],
+        )  # fmt: skip
+    fulltext = FullText("memories")
+
+    def steps(scope: str, rows: int | None) -> tuple[dict[int, float], int]:
+        counted = [0]
+
+        def tick() -> int:
+            counted[0] += 1
+            return 0
+
+        with db.read() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.set_progress_handler(tick, 10)
+            try:
+                found = fulltext.scores(conn, [scope], ["tea"], 50, rows)
+            finally:
+                raw.set_progress_handler(None, 10)
+        return found, counted[0]
+
+    try:
+        small, small_steps = steps("long:small", 5)  # 5 of 2005 rows: the MATCH names the scope
+        big, big_steps = steps("long:big", 2000)  # most of the table: the words alone, then the join
+        assert len(small) == 5 and len(big) == 50
+        assert small_steps * 5 < big_steps  # 93 against 4472 steps here; 1456 with the words alone
+        named, _ = steps("long:big", None)  # the same scores whichever form the query takes
+        assert named.keys() == big.keys()
+        assert all(abs(named[seq] - score) < 1e-9 for seq, score in big.items())
+    finally:
+        db.close()

@@ -1,14 +1,16 @@
-"""Schema upgrades: a database made by an older version gains the new tables with the right contents."""
+"""Schema upgrades: a database made by an older version gains the new tables and indexes with the right contents."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import select
 
 from session_mcp.models.database import Database
+from session_mcp.models.hybrid import FullText
 from session_mcp.models.migrations import MIGRATIONS, migrate
-from session_mcp.models.tables import ChunkRow, ChunkScopeRow, DocumentRow
+from session_mcp.models.tables import ChunkRow, ChunkScopeRow, DocumentRow, MemoryRow
 
 _D = DocumentRow.__table__  # type: ignore[attr-defined]
 _C = ChunkRow.__table__  # type: ignore[attr-defined]
@@ -46,5 +48,45 @@ def test_upgrading_counts_the_chunks_an_older_version_stored(database_url: str) 
             }
         assert counted == {"session:s1": (3, top["session:s1"]), "user:u1": (6, top["user:u1"])}
         assert migrate(db) == len(MIGRATIONS)  # a second start changes nothing
+    finally:
+        db.close()
+
+
+BEFORE_SCOPED_KEYWORDS = [name for name, _ in MIGRATIONS].index("keyword index by scope")
+_M = MemoryRow.__table__  # type: ignore[attr-defined]
+
+
+def _memory(seq_hint: int, scope: str, text: str) -> dict[str, object]:
+    return dict(
+        memory_id=f"m{seq_hint}", scope=scope, session_id="s1", user_id=scope, memory_type="long", text=text,
+        text_hash=f"h{seq_hint}", meta="{}", created_at=datetime.now(UTC), embedding=b"\0" * 1536,
+    )  # fmt: skip
+
+
+def test_upgrading_indexes_the_scope_of_every_stored_row_for_keyword_search(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        assert migrate(db, MIGRATIONS[:BEFORE_SCOPED_KEYWORDS]) == BEFORE_SCOPED_KEYWORDS
+        with db.write() as conn:
+            conn.execute(_M.insert(), [_memory(1, "long:ann", "ann likes green tea"),
+                                       _memory(2, "long:bob", "bob likes black tea"),
+                                       _memory(3, "long:bob", "bob drinks coffee")])  # fmt: skip
+        assert migrate(db) == len(MIGRATIONS)
+        fulltext = FullText("memories")
+        with db.write() as conn:
+            conn.execute(_M.insert(), [_memory(4, "long:ann", "ann drinks tea at noon")])
+            conn.execute(_M.delete().where(_M.c.memory_id == "m3"))
+
+        def found(scopes: list[str], words: list[str]) -> set[str]:
+            with db.read() as conn:
+                seqs = list(fulltext.scores(conn, scopes, words, 10))
+                rows = conn.execute(select(_M.c.memory_id).where(_M.c.seq.in_(seqs)))
+                return {r[0] for r in rows}
+
+        assert found(["long:ann"], ["tea"]) == {"m1", "m4"}  # a stored row, and one added since
+        assert found(["long:bob"], ["tea", "coffee"]) == {"m2"}  # the deleted row is gone
+        assert found(["long:ann", "long:bob"], ["tea"]) == {"m1", "m2", "m4"}
+        with db.read() as conn:  # FTS5's own check of the index against the rows it mirrors
+            conn.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
     finally:
         db.close()
