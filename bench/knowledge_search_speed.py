@@ -27,8 +27,9 @@ Phases:
 Baselines in the same rounds (each query runs all modes and baselines in a shuffled order):
   embed_one  `embedder.embed_one(query)`, the query embedding that hybrid and vector include: the
              rest (vector search, FTS5, fusion, row fetch) shows as difference and ratio.
-  fts_sql    the keyword side alone: the service's own FTS5 bm25 SQL (`Knowledge._keyword`, 50
-             candidates per scope, both scopes) in one read transaction, for keyword mode.
+  fts_sql    the keyword side alone: the service's own SQL before the vector search (the scopes'
+             row counts, then the FTS5 bm25 query with 50 candidates per scope, both scopes, as
+             `Hybrid.read` runs it) in one read transaction, for keyword mode.
 Also reported: how many chunks the OR-ed keyword query matches (median over 30 queries); bm25
 scores every match before ORDER BY/LIMIT, so keyword cost grows with it. Caveat: with 100k
 chunks made of a 7.4k-sentence pool every sentence recurs ~90 times, so rare words match far
@@ -219,8 +220,8 @@ def measure(layer: SessionLayer, queries: list[str]) -> dict[str, Any]:
     scopes = [f"session:{SESSION}", f"user:{USER}"]
 
     def fts_sql(query: str) -> dict[int, float]:
-        with layer.db.read() as conn:
-            return knowledge._keyword(conn, scopes, keywords(query), 50)
+        with layer.db.read() as conn:  # the scopes' row counts, then the keyword query
+            return knowledge.hybrid.read(conn, scopes, query, 10, 0.0).keyword
 
     times: dict[str, list[float]] = {m: [] for m in (*MODES, *BASELINES)}
     for n, query in enumerate(queries):
