@@ -61,6 +61,14 @@ class FullText:
             query = fts5_query(words, scopes if self._names_scopes(conn, rows) else None)
         else:
             query = " or ".join(words)
+            # psycopg prepares a statement on the server once it has run 5 times, and PostgreSQL
+            # may then settle on one generic plan for every scope: the full-text index over all
+            # scopes' rows, so a user with 100 memories beside another's 100k paid 16.0 ms a query,
+            # against 0.36 ms planned for their own scope. For this transaction only, at the cost
+            # of a round trip: a search over stdio took 1.025x and 1.055x as long (single user,
+            # bench/stdio_ab.py both ways round); set for every statement of the connection, it
+            # cost every call 3-7%.
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         params: dict[str, Any] = {"q": query, "scopes": scopes, "k": k * len(scopes)}
         return {int(seq): float(score) for seq, score in conn.execute(self._queries[dialect], params)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -11,8 +12,10 @@ from sqlalchemy import func, select, text
 
 from session_mcp.models.database import Database, sqlite_url
 from session_mcp.models.errors import EngineError, InvalidArgument, SessionNotFound
+from session_mcp.models.hybrid import FullText
 from session_mcp.models.layer import SessionLayer
-from session_mcp.models.tables import SessionRow
+from session_mcp.models.migrations import migrate
+from session_mcp.models.tables import MemoryRow, SessionRow
 
 _S = SessionRow.__table__  # type: ignore[attr-defined]
 
@@ -100,3 +103,37 @@ def test_a_value_the_database_refuses_is_invalid_argument_and_changes_nothing(la
     with pytest.raises(InvalidArgument, match="refused a value"):
         layer.history.add("s", "user", "a NUL \x00 in a message")
     assert layer.history.get("s").messages == []
+
+
+def test_postgresql_plans_each_keyword_query_for_its_own_scope(postgres_url: str) -> None:
+    """psycopg prepares a statement on the server once it has run 5 times, and PostgreSQL may then
+    settle on one generic plan for all parameters: for a small scope beside a big one, the full-text
+    index over every scope's rows. Every run is planned for its own parameters instead."""
+    db = Database(postgres_url)
+    migrate(db)
+    now = datetime.now(UTC)
+    rows = [("long:big", f"{'tea' if n % 10 == 0 else 'coffee'} number {n}") for n in range(20000)]
+    rows += [("long:small", f"tea {n}") for n in range(3)]
+    try:
+        with db.write() as conn:
+            conn.execute(
+                MemoryRow.__table__.insert(),  # type: ignore[attr-defined]
+                [
+                    dict(memory_id=f"m{n}", scope=scope, session_id="s", user_id=scope, memory_type="long",
+                         text=body, text_hash=f"h{n}", meta="{}", created_at=now, embedding=b"\0" * 1536)
+                    for n, (scope, body) in enumerate(rows)
+                ],
+            )  # fmt: skip
+            conn.exec_driver_sql("ANALYZE memories")
+        fulltext = FullText("memories")
+        with db.read() as conn:
+            for _ in range(12):  # PostgreSQL weighs a generic plan after 5 custom ones
+                assert len(fulltext.scores(conn, ["long:big"], ["tea"], 50, 20000)) == 50
+            assert len(fulltext.scores(conn, ["long:small"], ["tea"], 50, 3)) == 3
+            generic, custom = conn.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE strpos(statement, 'websearch_to_tsquery') > 0"
+            ).one()
+        assert (generic, custom) == (0, 13 - 5)  # prepared after its 5th run; each run since planned anew
+    finally:
+        db.close()
