@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 from sqlalchemy import func, select, text
+from stored_memories import store
 
 from session_mcp.models.database import Database, sqlite_url
 from session_mcp.models.errors import EngineError, InvalidArgument, SessionNotFound
 from session_mcp.models.hybrid import FullText
 from session_mcp.models.layer import SessionLayer
 from session_mcp.models.migrations import migrate
-from session_mcp.models.tables import MemoryRow, SessionRow
+from session_mcp.models.tables import SessionRow
 
 _S = SessionRow.__table__  # type: ignore[attr-defined]
 
@@ -111,19 +111,11 @@ def test_postgresql_plans_each_keyword_query_for_its_own_scope(postgres_url: str
     index over every scope's rows. Every run is planned for its own parameters instead."""
     db = Database(postgres_url)
     migrate(db)
-    now = datetime.now(UTC)
     rows = [("long:big", f"{'tea' if n % 10 == 0 else 'coffee'} number {n}") for n in range(20000)]
     rows += [("long:small", f"tea {n}") for n in range(3)]
     try:
         with db.write() as conn:
-            conn.execute(
-                MemoryRow.__table__.insert(),  # type: ignore[attr-defined]
-                [
-                    dict(memory_id=f"m{n}", scope=scope, session_id="s", user_id=scope, memory_type="long",
-                         text=body, text_hash=f"h{n}", meta="{}", created_at=now, embedding=b"\0" * 1536)
-                    for n, (scope, body) in enumerate(rows)
-                ],
-            )  # fmt: skip
+            store(conn, rows)
             conn.exec_driver_sql("ANALYZE memories")
         fulltext = FullText("memories")
         with db.read() as conn:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from stored_memories import store
 
 from session_mcp.models.database import Database
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
 from session_mcp.models.hybrid import FullText
 from session_mcp.models.layer import SessionLayer
 from session_mcp.models.migrations import migrate
-from session_mcp.models.tables import MemoryRow
 
 
 @pytest.fixture
@@ -187,19 +186,11 @@ def test_a_keyword_search_ranks_only_the_rows_of_its_own_scopes(tmp_path: Path) 
     Counted in SQLite VM steps, which do not depend on the machine's speed."""
     db = Database(f"sqlite:///{tmp_path / 'steps.db'}")
     migrate(db)
-    now = datetime.now(UTC)
     rows = [("long:big", f"tea number {n}") for n in range(2000)] + [
         ("long:small", f"tea {n}") for n in range(5)
     ]
     with db.write() as conn:
-        conn.execute(
-            MemoryRow.__table__.insert(),  # type: ignore[attr-defined]
-            [
-                dict(memory_id=f"m{n}", scope=scope, session_id="s", user_id=scope, memory_type="long",
-                     text=text, text_hash=f"h{n}", meta="{}", created_at=now, embedding=b"\0" * 1536)
-                for n, (scope, text) in enumerate(rows)
-            ],
-        )  # fmt: skip
+        store(conn, rows)
     fulltext = FullText("memories")
 
     def steps(scope: str, rows: int | None) -> tuple[dict[int, float], int]:

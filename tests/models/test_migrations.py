@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
+from stored_memories import MEMORIES, store
 
 from session_mcp.models.database import Database
 from session_mcp.models.hybrid import FullText
 from session_mcp.models.migrations import MIGRATIONS, migrate
-from session_mcp.models.tables import ChunkRow, ChunkScopeRow, DocumentRow, MemoryRow
+from session_mcp.models.tables import ChunkRow, ChunkScopeRow, DocumentRow
 
 _D = DocumentRow.__table__  # type: ignore[attr-defined]
 _C = ChunkRow.__table__  # type: ignore[attr-defined]
@@ -53,14 +54,6 @@ def test_upgrading_counts_the_chunks_an_older_version_stored(database_url: str) 
 
 
 BEFORE_SCOPED_KEYWORDS = [name for name, _ in MIGRATIONS].index("keyword index by scope")
-_M = MemoryRow.__table__  # type: ignore[attr-defined]
-
-
-def _memory(seq_hint: int, scope: str, text: str) -> dict[str, object]:
-    return dict(
-        memory_id=f"m{seq_hint}", scope=scope, session_id="s1", user_id=scope, memory_type="long", text=text,
-        text_hash=f"h{seq_hint}", meta="{}", created_at=datetime.now(UTC), embedding=b"\0" * 1536,
-    )  # fmt: skip
 
 
 def test_upgrading_indexes_the_scope_of_every_stored_row_for_keyword_search(tmp_path: Path) -> None:
@@ -68,19 +61,18 @@ def test_upgrading_indexes_the_scope_of_every_stored_row_for_keyword_search(tmp_
     try:
         assert migrate(db, MIGRATIONS[:BEFORE_SCOPED_KEYWORDS]) == BEFORE_SCOPED_KEYWORDS
         with db.write() as conn:
-            conn.execute(_M.insert(), [_memory(1, "long:ann", "ann likes green tea"),
-                                       _memory(2, "long:bob", "bob likes black tea"),
-                                       _memory(3, "long:bob", "bob drinks coffee")])  # fmt: skip
+            store(conn, [("long:ann", "ann likes green tea"), ("long:bob", "bob likes black tea"),
+                         ("long:bob", "bob drinks coffee")], first=1)  # fmt: skip
         assert migrate(db) == len(MIGRATIONS)
         fulltext = FullText("memories")
         with db.write() as conn:
-            conn.execute(_M.insert(), [_memory(4, "long:ann", "ann drinks tea at noon")])
-            conn.execute(_M.delete().where(_M.c.memory_id == "m3"))
+            store(conn, [("long:ann", "ann drinks tea at noon")], first=4)
+            conn.execute(MEMORIES.delete().where(MEMORIES.c.memory_id == "m3"))
 
         def found(scopes: list[str], words: list[str]) -> set[str]:
             with db.read() as conn:
                 seqs = list(fulltext.scores(conn, scopes, words, 10))
-                rows = conn.execute(select(_M.c.memory_id).where(_M.c.seq.in_(seqs)))
+                rows = conn.execute(select(MEMORIES.c.memory_id).where(MEMORIES.c.seq.in_(seqs)))
                 return {r[0] for r in rows}
 
         assert found(["long:ann"], ["tea"]) == {"m1", "m4"}  # a stored row, and one added since
