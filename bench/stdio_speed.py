@@ -557,9 +557,15 @@ async def index_built(index_dir: Path, since: float, timeout: float) -> float:
     """Wait until the server has written an HNSW index file (modified after `since`, wall clock):
     its background worker writes one when a build ends. Returns the seconds waited."""
     start = time.perf_counter()
-    with anyio.fail_after(timeout):
-        while not any(f.stat().st_mtime >= since for f in index_dir.rglob("*.usearch")):
-            await anyio.sleep(0.5)
+    try:
+        with anyio.fail_after(timeout):
+            while not any(f.stat().st_mtime >= since for f in index_dir.rglob("*.usearch")):
+                await anyio.sleep(0.5)
+    except TimeoutError:
+        raise RuntimeError(
+            f"no HNSW index file appeared under {index_dir} within {timeout:.0f} s: the server did not "
+            "finish building or could not save the index (its log says which); nothing was timed"
+        ) from None
     return time.perf_counter() - start
 
 
