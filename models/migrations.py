@@ -116,8 +116,8 @@ def _keyword_index_by_scope(conn: Connection, dialect: str) -> None:
     keyword query matches within the asked scopes: before, it matched the whole table and dropped
     other scopes' rows after ranking them all, so a user with 100 memories paid for another's
     100k (10.5 ms a query here, against 6.0 ms for the owner of the 100k). The token is `x` and the
-    scope's UTF-8 in hex, one alphanumeric word the tokenizer keeps whole; the ranking weighs its
-    column 0, so scores are those of the text alone. PostgreSQL filters by scope in the same scan.
+    scope's UTF-8 in hex, one alphanumeric word the tokenizer keeps whole; the keyword query's
+    bm25() weighs its column 0 (models/hybrid.py), so scores are those of the text alone. PostgreSQL filters by scope in the same scan.
     The index is rebuilt from the rows once, inside the migration's transaction."""
     if dialect != "sqlite":
         return
@@ -133,7 +133,6 @@ def _keyword_index_by_scope(conn: Connection, dialect: str) -> None:
             f"CREATE VIRTUAL TABLE {fts} USING fts5(text, scope_tag, content='{table}', "
             "content_rowid='seq', tokenize='porter unicode61')"
         )
-        conn.exec_driver_sql(f"INSERT INTO {fts}({fts}, rank) VALUES ('rank', 'bm25(1.0, 0.0)')")
         conn.exec_driver_sql(
             f"CREATE TRIGGER {fts}_insert AFTER INSERT ON {table} BEGIN "
             f"INSERT INTO {fts}(rowid, text, scope_tag) VALUES (new.seq, new.text, new.scope_tag); END"

@@ -21,8 +21,9 @@ and lets the worker bring it up to date instead. A scope shrinking below half th
 its index (no flapping). The matrix is kept beside the index (the fallback, the truth replays
 are read from, and what ranks and scores the index's int8 candidates, so both paths return the
 same float16 cosines), so vector memory is about 0.75 times the raw float32 vectors plus the
-graph's links; nothing else holds a full copy: rows are read in batches into a preallocated matrix, files are streamed. The stores
-themselves are models/vectorstores.py (the only module importing usearch).
+graph's links; nothing else holds a full copy: rows are read in batches into a preallocated
+matrix, files are streamed. The stores themselves are models/vectorstores.py (the only module
+importing usearch).
 
 Catch-up, per search: one `stats` call. New rows past the watermark are fetched; if the key
 count still disagrees with the row count (deletes, or PostgreSQL commits that landed out of seq

@@ -121,8 +121,7 @@ class ExactStore:
         rows = np.fromiter((i for k in keys if (i := self.pos.get(k)) is not None), np.intp)
         if not len(rows):
             return []
-        norm = math.sqrt(float(np.dot(q, q)))
-        unit = q / norm if norm > 0 else q
+        unit, _ = _unit(q)
         sims = _dots(unit.astype(np.float16)[None, :], self.mat[rows])
         order = np.argsort(-sims, kind="stable")
         return list(zip(self.keys[rows[order]].tolist(), sims[order].tolist(), strict=True))
@@ -134,9 +133,7 @@ class ExactStore:
     def search(self, q: Vecs, k: int) -> list[tuple[int, float]]:
         if self.n == 0:
             return []
-        # Scalar work on one 384-d row, written for its per-call cost (this runs in every search).
-        norm = math.sqrt(float(np.dot(q, q)))
-        unit = q / norm if norm > 0 else q
+        unit, norm = _unit(q)
         k = min(k, self.n)
         rows: NDArray[np.intp] | None = None
         listed = shortlist(k)
@@ -151,6 +148,13 @@ class ExactStore:
         idx = idx[np.argsort(-sims[idx], kind="stable")]
         found = rows[idx] if rows is not None else idx
         return list(zip(self.keys[found].tolist(), sims[idx].tolist(), strict=True))
+
+
+def _unit(q: Vecs) -> tuple[Vecs, float]:
+    """`q` scaled to length 1 (as it is if zero), and its length. Scalar work on one 384-d row,
+    written for its per-call cost: this runs in every search."""
+    norm = math.sqrt(float(np.dot(q, q)))
+    return (q / norm if norm > 0 else q), norm
 
 
 def shortlist(k: int) -> int:

@@ -63,6 +63,7 @@ def test_upgrading_indexes_the_scope_of_every_stored_row_for_keyword_search(tmp_
         with db.write() as conn:
             store(conn, [("long:ann", "ann likes green tea"), ("long:bob", "bob likes black tea"),
                          ("long:bob", "bob drinks coffee")], first=1)  # fmt: skip
+            store(conn, [("long:zoë 名前", "zoë likes tea")], first=5)
         assert migrate(db) == len(MIGRATIONS)
         fulltext = FullText("memories")
         with db.write() as conn:
@@ -78,6 +79,7 @@ def test_upgrading_indexes_the_scope_of_every_stored_row_for_keyword_search(tmp_
         assert found(["long:ann"], ["tea"]) == {"m1", "m4"}  # a stored row, and one added since
         assert found(["long:bob"], ["tea", "coffee"]) == {"m2"}  # the deleted row is gone
         assert found(["long:ann", "long:bob"], ["tea"]) == {"m1", "m2", "m4"}
+        assert found(["long:zoë 名前"], ["tea"]) == {"m5"}  # a scope's tag is its UTF-8, in SQL as here
         with db.read() as conn:  # FTS5's own check of the index against the rows it mirrors
             conn.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
     finally:
