@@ -43,6 +43,9 @@ class MemorySource:
     def all_keys(self, scope: str) -> Sequence[int]:
         return sorted(self.rows)
 
+    def vectors(self, scope: str, seqs: Sequence[int]) -> Iterable[tuple[int, bytes]]:
+        return [(s, self.rows[s]) for s in seqs if s in self.rows]
+
 
 def dataset(kind: str, n: int, rng: np.random.Generator) -> NDArray[np.float32]:
     if kind == "random":
@@ -85,7 +88,7 @@ def run(kind: str, n: int, nq: int) -> None:
     vecs, queries = data[:n], data[n:]
     src = MemorySource(vecs)
 
-    exact = ScopedVectors(dim=DIM, source=src, directory=None, exact_below=10**9)
+    exact = ScopedVectors(dim=DIM, source=src, directory=None, exact_below=10**9, matrix_below=10**9)
     t = time.perf_counter()
     exact.search(SCOPE, queries[0], 10)
     exact_build = time.perf_counter() - t

@@ -39,7 +39,10 @@ class LayerConfig:
     tokenizer_path: Path | None = None
     embedding_threads: int = 0
     embedding_variant: str = DEFAULT_VARIANT
-    exact_search_below: int = 20_000
+    exact_search_below: int = 200_000
+    # Scopes smaller than this keep a float16 copy of their vectors to score a search's shortlist
+    # with; larger ones score it from the vectors stored in the database (models/vectors.py).
+    vector_matrix_below: int = 20_000
     sqlite_synchronous: str = "FULL"
     limits: Limits = field(default_factory=Limits)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)

@@ -60,6 +60,7 @@ class SessionLayer:
             source=memory_rows,
             directory=config.data_dir / "indexes" / _database_key(self.db.url),
             exact_below=config.exact_search_below,
+            matrix_below=config.vector_matrix_below,
         )
         # Chunks get caches of their own: a knowledge scope and a memory scope never share an index.
         self.knowledge_vectors = ScopedVectors(
@@ -67,6 +68,7 @@ class SessionLayer:
             source=chunk_rows,
             directory=config.data_dir / "indexes" / _database_key(self.db.url) / "knowledge",
             exact_below=config.exact_search_below,
+            matrix_below=config.vector_matrix_below,
         )
         self.agents = AgentClient(config.outbound, config.agent_max_response_bytes)
         self.sessions = Sessions(self.db, self.clock, limits, self.agents)

@@ -30,6 +30,9 @@ class RowVectors:
         self._stats: Any = (
             select(r.scope, func.max(r.seq), func.count()).where(r.scope.in_(scopes)).group_by(r.scope)
         )
+        self._vectors: Any = select(r.seq, r.embedding).where(
+            r.scope == bindparam("scope"), r.seq.in_(bindparam("seqs", expanding=True))
+        )
         self._count: Any = None
         if counts is not None:
             c = counts.c
@@ -73,6 +76,10 @@ class RowVectors:
         with self.db.read() as conn:
             return self.reader(conn).all_keys(scope)
 
+    def vectors(self, scope: str, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
+        with self.db.read() as conn:
+            return self.reader(conn).vectors(scope, seqs)
+
 
 class RowReader:
     """RowVectors inside one open transaction."""
@@ -107,3 +114,9 @@ class RowReader:
     def all_keys(self, scope: str) -> Sequence[int]:
         rows = self._rows.table.c
         return [int(s) for (s,) in self._conn.execute(select(rows.seq).where(rows.scope == scope))]
+
+    def vectors(self, scope: str, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
+        if not seqs:
+            return []
+        found = self._conn.execute(self._rows._vectors, {"scope": scope, "seqs": list(seqs)})
+        return [(int(seq), bytes(vector)) for seq, vector in found]

@@ -4,26 +4,30 @@ The database is the source of truth (DESIGN invariant 1); everything here is a c
 deleted at any time. Each scope (a user's long-term memory, a session's short-term memory, a
 knowledge owner) has its own cache, because usearch's search takes no filter.
 
-Every loaded scope is an exact float16 matrix (L2-normalised rows, SIMD brute force: 3.9-5.7 ms at
-100k x 384 on the machines measured, cosines within 1e-4 of float32), so a scope is always
-searchable exactly, from its first search on; below `exact_below` rows an int8 copy beside it
-shortlists the rows the float16 scan scores (vectorstores.py). A scope of `exact_below` vectors or
-more also gets a USearch HNSW index as an accelerator, never inside a request: one daemon worker thread per instance (one per process in the
-server; started when work is queued, gone when idle, stopped by `close()`, awaited by
-`wait_idle()`) loads it from its file or builds it (single-threaded adds: multi-threaded ones leave
-unreachable nodes), scopes queued one after another, while searches keep using the matrix. The
-worker fills its private index in chunks, copying rows out of the matrix under the scope lock and
-adding them outside it; once the key sets differ by at most `_SMALL`, it applies the rest and
-switches the scope to HNSW atomically under the lock. Adds and removes made during the build are
-replayed by that key-set diff, which needs no journal because a seq names one vector forever. Once
-live, the index gets every change the matrix gets; a catch-up of more than `_SMALL` rows parks it
-and lets the worker bring it up to date instead. A scope shrinking below half the threshold drops
-its index (no flapping). The matrix is kept beside the index (the fallback, the truth replays
-are read from, and what ranks and scores the index's int8 candidates, so both paths return the
-same float16 cosines), so vector memory is about 0.75 times the raw float32 vectors plus the
-graph's links; nothing else holds a full copy: rows are read in batches into a preallocated
-matrix, files are streamed. The stores themselves are models/vectorstores.py (the only module
-importing usearch).
+Every loaded scope is an exact store (models/vectorstores.py): int8 codes of its L2-normalised
+rows, scanned for a shortlist that is then scored exactly, by a float16 copy while the scope has
+fewer than `matrix_below` rows, past that by the float32 vectors the database stores (read in the
+search's own transaction, ~0.5 ms for the 114 rows of a 50-candidate search). So a scope is always
+searchable exactly, from its first search on, and its memory is about a quarter of its float32
+vectors once large (at 100k memories 38 MB of codes, against 77 MB for a float16 matrix).
+
+A scope of `exact_below` vectors or more also gets a USearch HNSW index as an accelerator (its
+candidates are scored like the shortlist's), never inside a request: one daemon worker thread per
+instance (one per process in the server; started when work is queued, gone when idle, stopped by
+`close()`, awaited by `wait_idle()`) loads it from its file or builds it (single-threaded adds:
+multi-threaded ones leave unreachable nodes), scopes queued one after another, while searches
+keep using the exact store. The worker fills its private index in chunks, copying rows out of the
+store under the scope lock (the float16 copy's, or the int8 codes scaled back: the index is int8
+anyway) and adding them outside it; once the key sets differ by at most `_SMALL`, it applies the
+rest and switches the scope to HNSW atomically under the lock. Adds and removes made during the
+build are replayed by that key-set diff, which needs no journal because a seq names one vector
+forever. Once live, the index gets every change the store gets; a catch-up of more than `_SMALL`
+rows parks it and lets the worker bring it up to date instead. A scope shrinking below half the
+threshold drops its index (no flapping). The index took 87 MB at 90k vectors on top of the rows,
+and 64-95 s to build at 100k on one thread, which is why `exact_below` defaults to 200k: at 100k
+the exact scan costs a few milliseconds more per search and no memory beyond the codes
+(figures in the README). Nothing holds a full float32 copy: rows are read in batches of `_BATCH`
+into a preallocated store, files are streamed.
 
 Catch-up, per search: one `stats` call. New rows past the watermark are fetched; if the key
 count still disagrees with the row count (deletes, or PostgreSQL commits that landed out of seq
@@ -31,10 +35,11 @@ order), the key sets are reconciled with `all_keys`. Equal counts can hide a mis
 foreign delete, so a full reconcile also runs every `verify_every` seconds per scope. Seqs must
 never be reused (SQLite AUTOINCREMENT, a PostgreSQL sequence).
 
-Persistence (HNSW only; the matrix is re-read from SQL): models/vectorfile.py's checksummed file
-per scope. The worker writes it after a build and after every `save_every` changes, taking the
-index offline meanwhile (searches use the matrix, changes are replayed by the diff); `flush()`,
-eviction and `close()` write dirty live indexes. A bad file is logged and rebuilt, never raised.
+Persistence (HNSW only; the exact store is re-read from SQL): models/vectorfile.py's checksummed
+file per scope. The worker writes it after a build and after every `save_every` changes, taking
+the index offline meanwhile (searches use the exact store, changes are replayed by the diff);
+`flush()`, eviction and `close()` write dirty live indexes. A bad file is logged and rebuilt,
+never raised.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from numpy.typing import NDArray
 
 from session_mcp.models import vectorfile
 from session_mcp.models.errors import EngineError
-from session_mcp.models.vectorstores import ExactStore, HnswStore, Keys, Vecs, shortlist
+from session_mcp.models.vectorstores import ExactStore, HnswStore, Keys, Vecs, scored, shortlist
 
 log = logging.getLogger("session_mcp.vectors")
 _instances: weakref.WeakSet[ScopedVectors] = weakref.WeakSet()
@@ -70,7 +75,7 @@ def _stop_workers() -> None:
         vs._stop()
 
 
-_BATCH = 4096  # rows read from the source per step
+_BATCH = 512  # rows read from the source per step (4096 left a 100k load 27 MB larger: 97 against 70 MB)
 _CHUNK = 256  # rows the worker adds per step: ~0.5 s at 100k, so close() waits at most that
 _SMALL = 64  # a key-set difference applied under the scope lock; larger ones go to the worker
 _MAX_ROUNDS = 8  # then the remaining difference is applied under the lock, whatever its size
@@ -85,6 +90,10 @@ class VectorSource(Protocol):
     def rows_after(self, scope: str, after_seq: int) -> Iterable[tuple[int, bytes]]: ...
 
     def all_keys(self, scope: str) -> Sequence[int]: ...
+
+    def vectors(self, scope: str, seqs: Sequence[int]) -> Iterable[tuple[int, bytes]]:
+        """The stored vectors of those of `seqs` that the scope holds, in any order."""
+        ...
 
 
 class _Scope:
@@ -118,7 +127,8 @@ class ScopedVectors:
         dim: int,
         source: VectorSource,
         directory: Path | None,
-        exact_below: int = 20_000,
+        exact_below: int = 200_000,
+        matrix_below: int = 20_000,
         max_loaded: int = 64,
         save_every: int = 256,
         verify_every: float = 60.0,
@@ -127,6 +137,7 @@ class ScopedVectors:
         self._source = source
         self._dir = directory
         self._exact_below = exact_below
+        self._matrix_below = matrix_below
         self._max_loaded = max(1, max_loaded)
         self._save_every = max(1, save_every)
         self._verify_every = verify_every
@@ -156,12 +167,19 @@ class ScopedVectors:
                 if s.gone:  # evicted between lookup and lock: serve from its successor
                     continue
                 self._catch_up(s, source or self._source)
-                assert s.exact is not None
+                exact = s.exact
+                assert exact is not None
                 if k <= 0:
                     return []
-                if s.hnsw is not None:  # in step with the matrix, which scores its candidates
-                    return s.exact.rescored(q, s.hnsw.candidates(q, shortlist(k)))[:k]
-                return s.exact.search(q, k)
+                if s.hnsw is not None:  # in step with the store, which has the same keys
+                    keys = s.hnsw.candidates(q, shortlist(k))
+                elif exact.scores:
+                    return exact.search(q, k)
+                else:
+                    keys = exact.candidates(q, k)
+                if exact.scores:
+                    return exact.rescored(q, keys)[:k]
+                return self._scored(s, q, keys, source or self._source)[:k]
 
     def note_added(self, scope: str, seq: int, vector: NDArray[np.float32]) -> None:
         v = self._vector(vector)
@@ -172,7 +190,7 @@ class ScopedVectors:
             if s.exact is None or s.gone:
                 return
             keys = np.array([seq], np.int64)
-            if seq not in s.exact.pos:
+            if not s.exact.contains(keys)[0]:
                 self._add(s, keys, v[None, :])
             # Rows committed by others below `seq` and not yet seen make the counts disagree,
             # so the next search reconciles them.
@@ -235,7 +253,7 @@ class ScopedVectors:
             return self._cv.wait_for(lambda: self._thread is None, timeout)
 
     def mode(self, scope: str) -> str:
-        """ "hnsw" if the scope is served by its index now, "exact" if by its matrix, else "unloaded"."""
+        """ "hnsw" if the scope is served by its index now, "exact" if by its exact store, else "unloaded"."""
         s = self._loaded(scope)
         if s is None:
             return "unloaded"
@@ -272,9 +290,9 @@ class ScopedVectors:
         if s.exact is None:
             # Preallocated, so no copies while it fills, with a quarter more room for the adds
             # that follow: untouched pages cost no memory, and without it the first add after a
-            # load copied the whole matrix (0.43 s at 100k rows here, the p99 outlier of memory_add).
-            coarse = self._exact_below if count < self._exact_below else 0  # else HNSW will serve it
-            s.exact = ExactStore(self._dim, count + count // 4 + 64, coarse_below=coarse)
+            # load copied the whole store (0.43 s at 100k rows here, the p99 outlier of memory_add).
+            matrix = self._matrix_below if count < self._matrix_below else 0  # else never made
+            s.exact = ExactStore(self._dim, count + count // 4 + 64, matrix_below=matrix)
             s.watermark, s.checked_at = 0, time.monotonic()
             self._apply(s, source.rows_after(s.name, 0))
         elif max_seq > s.watermark:
@@ -287,6 +305,18 @@ class ScopedVectors:
             self._reconcile(s, source, max_seq, count)
         self._fit(s)
 
+    def _scored(
+        self, s: _Scope, q: Vecs, keys: Sequence[int], source: VectorSource
+    ) -> list[tuple[int, float]]:
+        """`keys` scored with their vectors as the database stores them, best first; a key whose
+        row the source no longer has is left out (the database wins)."""
+        found = list(source.vectors(s.name, keys))
+        width = self._dim * 4
+        if any(len(blob) != width for _, blob in found):
+            raise _damaged(s.name, self._dim)
+        vecs = np.frombuffer(b"".join(blob for _, blob in found), np.float32).reshape(-1, self._dim)
+        return scored(q, [seq for seq, _ in found], vecs)
+
     def _apply(self, s: _Scope, rows: Iterable[tuple[int, bytes]]) -> None:
         """Add rows not yet cached, in batches; advance the watermark past every row seen."""
         assert s.exact is not None
@@ -295,10 +325,7 @@ class ScopedVectors:
         while batch := list(itertools.islice(it, _BATCH)):
             keys = np.fromiter((seq for seq, _ in batch), np.int64, len(batch))
             if any(len(blob) != width for _, blob in batch):
-                raise EngineError(
-                    f"a stored vector in scope '{s.name}' does not have {self._dim} float32 values; "
-                    "the stored embeddings are damaged, re-add the affected items"
-                )
+                raise _damaged(s.name, self._dim)
             vecs = np.frombuffer(b"".join(blob for _, blob in batch), np.float32).reshape(-1, self._dim)
             del batch
             new = ~s.exact.contains(keys)
@@ -364,7 +391,7 @@ class ScopedVectors:
             if s.hnsw is None or (dirty and self._dir is not None):
                 self._enqueue(s)
         elif n < self._exact_below // 2 and (s.hnsw is not None or s.parked is not None):
-            s.hnsw = s.parked = None  # small again: the matrix alone serves it
+            s.hnsw = s.parked = None  # small again: the exact store alone serves it
             s.saved = None
             self._unlink(s.name)
 
@@ -416,7 +443,7 @@ class ScopedVectors:
             dirty = s.saved is None or s.changes - s.saved >= self._save_every
             if s.hnsw is not None and not (dirty and self._dir is not None):
                 return
-            # Offline: searches use the matrix until it is switched back. Only a live index taken
+            # Offline: searches use the exact store until it is switched back. Only a live index taken
             # out for a save is finished when closing; builds and parked catch-ups are abandoned.
             abandon = s.hnsw is None
             s.hnsw = s.parked = None
@@ -446,7 +473,7 @@ class ScopedVectors:
         self._sync(s, hnsw, switch=True, abandon=abandon)
 
     def _sync(self, s: _Scope, hnsw: HnswStore, *, switch: bool, abandon: bool) -> tuple[int, int] | None:
-        """Bring a private index to the matrix's key set; return (changes it reflects, rows applied).
+        """Bring a private index to the exact store's key set; return (changes it reflects, rows applied).
 
         Differences over `_SMALL` are applied outside the scope lock, chunk by chunk; with `switch`
         the scope serves from the index once the rest is applied under the lock. None if the
@@ -507,3 +534,10 @@ class ScopedVectors:
         if a.shape != (self._dim,):
             raise ValueError(f"expected a vector of shape ({self._dim},), got {a.shape}")
         return a
+
+
+def _damaged(scope: str, dim: int) -> EngineError:
+    return EngineError(
+        f"a stored vector in scope '{scope}' does not have {dim} float32 values; "
+        "the stored embeddings are damaged, re-add the affected items"
+    )

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         default=16_384, ge=64, description="largest metadata object, as JSON bytes"
     )
     context_max_tokens: int = Field(default=4_000, ge=50, description="ceiling on get_context's max_tokens")
-    exact_search_below: int = Field(default=20_000, ge=1, description="memories per scope searched exactly")
+    exact_search_below: int = Field(default=200_000, ge=1, description="memories per scope searched exactly")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="SQLite durability: FULL also survives power loss"
     )

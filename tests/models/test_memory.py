@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from stored_memories import store
 
+from session_mcp.models.clock import ManualClock
+from session_mcp.models.config import LayerConfig
 from session_mcp.models.database import Database
+from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
 from session_mcp.models.hybrid import FullText
-from session_mcp.models.layer import SessionLayer
+from session_mcp.models.layer import MEMORIES, SessionLayer
 from session_mcp.models.migrations import migrate
 
 
@@ -220,3 +225,36 @@ def test_a_keyword_search_ranks_only_the_rows_of_its_own_scopes(tmp_path: Path) 
         assert all(abs(named[seq] - score) < 1e-9 for seq, score in big.items())
     finally:
         db.close()
+
+
+def test_a_scope_past_the_float16_limit_scores_from_the_vectors_in_the_database(
+    database_url: str, tmp_path: Path, clock: ManualClock, embedder: Embedder
+) -> None:
+    config = LayerConfig(database_url=database_url, data_dir=tmp_path / "data", vector_matrix_below=3)
+    with closing(SessionLayer(config, clock=clock, embedder=embedder)) as layer:
+        session = layer.sessions.create("alice-1", "alice").session_id
+        texts = [
+            f"note {n}: {topic}" for n, topic in enumerate(["tea", "trains", "taxes", "tennis", "tulips"])
+        ]
+        ids = [layer.memory.add(session, text).memory_id for text in texts]
+        assert (
+            layer.memory.search(session, "a sport played with a racket", limit=1).results[0].text == texts[3]
+        )
+        exact = layer.vectors._scopes["long:alice"].exact
+        assert exact is not None and len(exact) == 5 and not exact.scores  # past 3 rows: no copy
+        query = embedder.embed(["flowers in the garden"])[0]
+        with layer.db.read() as conn:
+            found = layer.vectors.search(
+                "long:alice", query, 5, layer.memory.rows.reader(conn, ["long:alice"])
+            )
+        cosines = [float(embedder.embed_one(text) @ query) for text in texts]  # one at a time, as added
+        assert len(found) == 5 and found[0][1] == max(score for _, score in found)
+        by_seq = dict(found)
+        with layer.db.read() as conn:
+            seqs = dict(conn.execute(select(MEMORIES.c.memory_id, MEMORIES.c.seq)).all())
+        for memory_id, cosine in zip(ids, cosines, strict=True):
+            assert abs(by_seq[seqs[memory_id]] - cosine) < 1e-5  # float32, as stored
+        layer.memory.delete(session, ids[4])
+        assert ids[4] not in {
+            h.memory_id for h in layer.memory.search(session, "flowers in the garden").results
+        }

@@ -65,6 +65,12 @@ class DictSource:
             self.calls["all_keys"] += 1
             return sorted(self.rows.get(scope, {}))
 
+    def vectors(self, scope: str, seqs: Sequence[int]) -> Iterable[tuple[int, bytes]]:
+        with self.lock:
+            self.calls["vectors"] += 1
+            rows = self.rows.get(scope, {})
+            return [(seq, rows[seq]) for seq in seqs if seq in rows]
+
 
 def unit(rng: np.random.Generator, n: int) -> NDArray[np.float32]:
     x = rng.standard_normal((n, DIM)).astype(np.float32)
@@ -301,11 +307,12 @@ def test_drifted_counts_cost_one_reconcile_per_change_not_one_per_search(rng: np
     assert src.calls["all_keys"] == calls
 
 
+@pytest.mark.parametrize("matrix_below", [20_000, 300], ids=["float16 copy", "scored from the rows"])
 def test_large_scope_switches_to_hnsw_with_recall_at_10_of_at_least_099(
-    big: Big, tmp_path: Path, make: Callable[..., ScopedVectors]
+    big: Big, tmp_path: Path, make: Callable[..., ScopedVectors], matrix_below: int
 ) -> None:
     src, keys, vecs, _ = big
-    vs = make(src, tmp_path, exact_below=500)
+    vs = make(src, tmp_path, exact_below=500, matrix_below=matrix_below)
     queries = unit(np.random.default_rng(99), 100)
     assert_exact_top(vs.search("big", queries[0], 10), vecs, keys, queries[0], 10)
     assert vs.wait_idle(WAIT)
@@ -314,10 +321,13 @@ def test_large_scope_switches_to_hnsw_with_recall_at_10_of_at_least_099(
         len({k for k, _ in vs.search("big", q, 10)} & set(brute_force(vecs, keys, q, 10))) for q in queries
     )
     assert hits / 1000 >= 0.99
-    for q in queries[:20]:  # the matrix's float16 cosines, not the index's int8 distances
+    exact = vs._scopes["big"].exact
+    assert exact is not None and exact.scores == (matrix_below > 1500)
+    precision = HALF_PRECISION if exact.scores else 1e-6
+    for q in queries[:20]:  # float16 or stored float32 cosines, not the index's int8 distances
         for key, score in vs.search("big", q, 10):
-            assert abs(score - float(vecs[keys.index(key)] @ q)) < HALF_PRECISION
-    # Re-ranked by the matrix, built by single-threaded adds: a stored vector finds itself.
+            assert abs(score - float(vecs[keys.index(key)] @ q)) < precision
+    # Re-ranked exactly, built by single-threaded adds: a stored vector finds itself.
     for i in range(0, 1500, 75):
         assert top_key(vs, "big", vecs[i]) == keys[i]
     vs.flush()
@@ -696,19 +706,29 @@ def test_scope_cleared_through_another_process_is_emptied_and_its_file_removed(
     assert top_key(one, "s", v) == seq
 
 
-def test_only_a_scope_below_the_hnsw_threshold_keeps_an_int8_copy(
+def test_a_scope_past_matrix_below_keeps_no_float16_copy_and_scores_from_the_stored_vectors(
     rng: np.random.Generator, make: Callable[..., ScopedVectors]
 ) -> None:
     src = DictSource()
-    fill(src, "small", unit(rng, 200))
-    fill(src, "large", unit(rng, 600))
-    vs = make(src, None, exact_below=500)
-    q = unit(rng, 1)[0]
-    vs.search("small", q, 5)
-    vs.search("large", q, 5)
+    small_vecs, large_vecs = unit(rng, 200), unit(rng, 600)
+    small_keys, large_keys = fill(src, "small", small_vecs), fill(src, "large", large_vecs)
+    vs = make(src, None, exact_below=10**6, matrix_below=500)
+    queries = unit(rng, 20)
+    for q in queries:
+        assert_exact_top(vs.search("small", q, 5), small_vecs, small_keys, q, 5)
+    assert src.calls["vectors"] == 0  # scored by the float16 copy
+    for q in queries:
+        found = vs.search("large", q, 10)
+        assert [key for key, _ in found] == brute_force(large_vecs, large_keys, q, 10)
+        for key, score in found:  # the stored float32 vector's cosine
+            assert abs(score - float(large_vecs[large_keys.index(key)] @ q)) < 1e-6
+    assert src.calls["vectors"] == 20
     small, large = vs._scopes["small"].exact, vs._scopes["large"].exact
-    assert small is not None and small.coarse is not None
-    assert large is not None and large.coarse is None  # its HNSW index serves it; no copy built
-    fill(src, "small", unit(rng, 400))  # grows past the threshold: the copy goes
-    vs.search("small", q, 5)
-    assert small.coarse is None and len(small) == 600
+    assert small is not None and small.scores
+    assert large is not None and not large.scores and large.mat is None
+    src.delete("large", large_keys[:300])  # deleted rows leave the results
+    found = vs.search("large", large_vecs[0], 10)
+    assert large_keys[0] not in {key for key, _ in found}
+    fill(src, "small", unit(rng, 400))  # grows past matrix_below: the copy goes
+    vs.search("small", queries[0], 5)
+    assert not small.scores and len(small) == 600

@@ -1,4 +1,4 @@
-"""The in-memory vector stores on their own: the exact store's int8 shortlist against a plain float16 scan."""
+"""The exact store on its own: its int8 shortlist against scoring every row, with and without its float16 copy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from session_mcp.models.vectorstores import ExactStore
+from session_mcp.models.vectorstores import ExactStore, scored
 
 DIM = 384
 
@@ -18,46 +18,100 @@ def clustered(rng: np.random.Generator, n: int, centres: int = 20) -> NDArray[np
     return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
 
 
-def both(rng: np.random.Generator, n: int, coarse_below: int) -> tuple[ExactStore, ExactStore]:
-    """The same rows, with and without the int8 copy, through the same adds and removes."""
-    stores = (ExactStore(DIM, 16, coarse_below=coarse_below), ExactStore(DIM, 16))
+def filled(
+    rng: np.random.Generator, n: int, matrix_below: int | None
+) -> tuple[ExactStore, dict[int, NDArray[np.float32]]]:
+    """A store of n clustered rows, added in batches (so its arrays grow and copy several times),
+    some removed (a few one by one, the last row moving into each hole; then the rest at once)
+    and 200 more added; and the rows it should hold, by key."""
+    store = ExactStore(DIM, 16, matrix_below=matrix_below)
     keys = np.arange(1, n + 1, dtype=np.int64)
     vecs = clustered(rng, n)
-    for start in range(0, n, 97):  # batches, so the matrices grow and copy several times
-        for store in stores:
-            store.add(keys[start : start + 97], vecs[start : start + 97])
-    return stores
+    for start in range(0, n, 97):
+        store.add(keys[start : start + 97], vecs[start : start + 97])
+    held = dict(zip(keys.tolist(), vecs, strict=True))
+    gone = rng.choice(keys, min(400, n // 4), replace=False)
+    assert store.remove(gone[:40]).tolist() == sorted(gone[:40].tolist())  # one by one
+    assert len(store.remove(np.concatenate([gone, gone[:5]]))) == len(gone) - 40  # compacted
+    for key in gone.tolist():
+        del held[key]
+    more = np.arange(n + 1, n + 201, dtype=np.int64)
+    extra = clustered(np.random.default_rng(5), 200)
+    store.add(more, extra)
+    held.update(zip(more.tolist(), extra, strict=True))
+    return store, held
+
+
+def exact_top(held: dict[int, NDArray[np.float32]], q: NDArray[np.float32], k: int) -> list[int]:
+    keys = list(held)
+    sims = np.stack(list(held.values())) @ (q / np.linalg.norm(q))
+    return [keys[i] for i in np.argsort(-sims, kind="stable")[:k]]
+
+
+def assert_float32_top(
+    found: list[tuple[int, float]], held: dict[int, NDArray[np.float32]], q: NDArray[np.float32], k: int
+) -> None:
+    """`found` holds the float32 top k, best first, each with its float32 cosine; rows that tie to
+    within rounding may come in either order."""
+    want = exact_top(held, q, k)
+    assert {key for key, _ in found} == set(want) and len(found) == k
+    scores = [score for _, score in found]
+    assert scores == sorted(scores, reverse=True)
+    for key, score in found:
+        assert abs(score - float(held[key] @ q / np.linalg.norm(q))) < 1e-6
 
 
 def test_the_int8_shortlist_gives_exactly_the_float16_results(rng: np.random.Generator) -> None:
-    coarse, plain = both(rng, 3000, coarse_below=100_000)
-    gone = rng.choice(np.arange(1, 3001, dtype=np.int64), 400, replace=False)
-    for store in (coarse, plain):  # removal swaps the last row in: both copies must follow
-        store.remove(gone)
-        store.add(np.arange(5001, 5201, dtype=np.int64), clustered(np.random.default_rng(5), 200))
-    assert coarse.coarse is not None and plain.coarse is None
+    store, held = filled(rng, 3000, matrix_below=None)
+    assert store.scores and len(store) == len(held)
+    everything = store.key_array().tolist()
     for q in clustered(rng, 60):
         for k in (1, 10, 50, 200):
-            assert coarse.search(q, k) == plain.search(q, k)
-    assert {key for key, _ in coarse.search(q, 2800)}.isdisjoint(gone.tolist())
+            # The shortlist's results against scoring every row in float16.
+            assert store.search(q, k) == store.rescored(q, everything)[:k]
+    assert {key for key, _ in store.search(q, 2800)} <= set(held)
 
 
-def test_the_int8_copy_is_dropped_at_its_limit_and_search_stays_exact(rng: np.random.Generator) -> None:
-    coarse, plain = both(rng, 400, coarse_below=500)
-    assert coarse.coarse is not None
-    queries = clustered(rng, 20)
-    assert [coarse.search(q, 10) for q in queries] == [plain.search(q, 10) for q in queries]
-    more = np.arange(1001, 1201, dtype=np.int64)
-    for store in (coarse, plain):
-        store.add(more, clustered(np.random.default_rng(9), 200))
-    assert coarse.coarse is None
-    assert [coarse.search(q, 10) for q in queries] == [plain.search(q, 10) for q in queries]
+def test_without_the_float16_copy_the_shortlist_scored_from_the_rows_is_the_float32_top_k(
+    rng: np.random.Generator,
+) -> None:
+    store, held = filled(rng, 3000, matrix_below=0)
+    assert not store.scores and store.mat is None and len(store) == len(held)
+    for q in clustered(rng, 60):
+        for k in (1, 10, 50):
+            listed = store.candidates(q, k)
+            assert len(listed) == max(2 * k, k + 64) and set(listed) <= set(held)
+            found = scored(q, listed, np.stack([held[key] for key in listed]))[:k]
+            assert_float32_top(found, held, q, k)
+
+
+def test_the_float16_copy_is_dropped_at_its_limit_and_candidates_stay_exact(rng: np.random.Generator) -> None:
+    store, held = filled(rng, 400, matrix_below=700)
+    assert store.scores
+    store.add(np.arange(2001, 2201, dtype=np.int64), clustered(np.random.default_rng(9), 200))
+    assert len(store) == 700 and not store.scores and store.mat is None
+    store.remove(np.arange(2001, 2201, dtype=np.int64))  # small again: the copy stays gone
+    assert not store.scores
+    for q in clustered(rng, 20):
+        listed = store.candidates(q, 10)
+        found = scored(q, listed, np.stack([held[key] for key in listed]))[:10]
+        assert_float32_top(found, held, q, 10)
+
+
+def test_rows_for_an_index_come_from_the_int8_codes_without_the_copy(rng: np.random.Generator) -> None:
+    store, held = filled(rng, 500, matrix_below=0)
+    keys = store.key_array()[:50]
+    rows = store.rows(keys)
+    want = np.stack([held[key] for key in keys.tolist()])
+    assert rows.dtype == np.float32 and np.abs(rows - want).max() < 0.01
 
 
 def test_a_zero_query_scores_zero_everywhere(rng: np.random.Generator) -> None:
-    coarse, _ = both(rng, 300, coarse_below=100_000)
-    hits = coarse.search(np.zeros(DIM, np.float32), 5)
+    store, _ = filled(rng, 300, matrix_below=None)
+    hits = store.search(np.zeros(DIM, np.float32), 5)
     assert len(hits) == 5 and all(score == 0.0 for _, score in hits)
+    bare, _ = filled(rng, 300, matrix_below=0)
+    assert len(bare.candidates(np.zeros(DIM, np.float32), 5)) == len(bare)  # no shortlist of nothing
 
 
 @pytest.fixture
