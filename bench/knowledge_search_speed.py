@@ -18,12 +18,13 @@ would take ~1 h on this 2-core machine, so:
 Queries are other pool sentences (not their chunks), each run in every mode, interleaved.
 
 Phases:
-  exact   a layer with exact_search_below above the size: every search is the float16 matrix
-          (the service's behaviour at any size until its HNSW index is ready, and its fallback).
-  hnsw    (--hnsw) a fresh layer with the default exact_search_below (20,000): the first search
-          queues the background HNSW build; searches run once `wait_idle` says it is done
-          (--build-budget seconds at most; the build time is reported). Off by default: the
-          build alone can take minutes on this machine.
+  exact   a layer with exact_search_below above the size: every search scans the scope's int8
+          codes, its shortlist scored by a float16 copy below 20k chunks and by the stored
+          vectors past that (the service's behaviour below 200k chunks, and HNSW's fallback).
+  hnsw    (--hnsw) a fresh layer with exact_search_below at 20,000: the first search queues the
+          background HNSW build; searches run once `wait_idle` says it is done (--build-budget
+          seconds at most; the build time is reported). Off by default: the build alone can
+          take minutes on this machine.
 Baselines in the same rounds (each query runs all modes and baselines in a shuffled order):
   embed_one  `embedder.embed_one(query)`, the query embedding that hybrid and vector include: the
              rest (vector search, FTS5, fusion, row fetch) shows as difference and ratio.
@@ -42,11 +43,12 @@ SESSION_MCP_DATABASE_URL point at it; bench/stdio_speed.py's spawn, legacy hands
 works). Every query runs knowledge_search (limit 5) in each mode, and each call is preceded by an
 MCP `ping`, all in a shuffled order per query; reported: p50/p90/p99 and the ratio of p50 to the
 ping p50. The first knowledge_search after tools/list (it loads the model and the scope's chunk
-matrix, or its saved HNSW index) is reported separately.
+codes, or its saved HNSW index) is reported separately.
   exact   the server with SESSION_MCP_EXACT_SEARCH_BELOW above the size: every vector search is
-          the float16 matrix (the server's behaviour until its HNSW index exists).
+          the exact scan (the server's behaviour below 200k chunks, or until its index exists).
   hnsw    (--hnsw) the index is built in this process (as above) and saved to the data dir; the
-          server runs with default settings and loads it on its first search.
+          server runs with SESSION_MCP_EXACT_SEARCH_BELOW at 20,000 and loads it on its first
+          search.
 Results: bench/results/knowledge_search_speed_stdio.json.
 """
 
@@ -89,6 +91,8 @@ RESULTS_STDIO = HERE / "results" / "knowledge_search_speed_stdio.json"
 MODES = ("hybrid", "vector", "keyword")
 BASELINES = ("embed_one", "fts_sql")
 PER_DOCUMENT = 100
+HNSW_BELOW = 20_000
+"""exact_search_below for the --hnsw phase: the default (200,000) would search 100k chunks exactly."""
 SESSION, USER = "search-bench", "bench-user"
 
 
@@ -359,7 +363,7 @@ def run_stdio(args: argparse.Namespace, pool: list[str], queries: list[str], env
             results["exact"] = anyio.run(measure_stdio, work, queries, exact_env)
             print(f"  exact: {json.dumps(results['exact'])}", flush=True)
             if args.hnsw:
-                layer = layer_for(work, embedder, 20_000)
+                layer = layer_for(work, embedder, HNSW_BELOW)
                 try:
                     t = time.perf_counter()
                     layer.knowledge.search(SESSION, queries[0], 5, "vector")  # queues the build
@@ -373,8 +377,9 @@ def run_stdio(args: argparse.Namespace, pool: list[str], queries: list[str], env
                 results["hnsw_files"] = saved
                 print(f"  hnsw build {results['hnsw_build_s']}s, ready {results['hnsw_ready']}", flush=True)
                 if results["hnsw_ready"]:
-                    print("hnsw: session-mcp over stdio, default settings ...", flush=True)
-                    results["hnsw"] = anyio.run(measure_stdio, work, queries, server_env)
+                    print("hnsw: session-mcp over stdio, its index loaded ...", flush=True)
+                    hnsw_env = {**server_env, "SESSION_MCP_EXACT_SEARCH_BELOW": str(HNSW_BELOW)}
+                    results["hnsw"] = anyio.run(measure_stdio, work, queries, hnsw_env)
             results["server_log_tail"] = (work / "server.log").read_text(errors="replace")[-2000:]
     finally:
         kill_leftovers()
@@ -465,7 +470,7 @@ def main() -> int:
         finally:
             layer.close()
         if args.hnsw:
-            layer = layer_for(work, embedder, 20_000)
+            layer = layer_for(work, embedder, HNSW_BELOW)
             try:
                 t = time.perf_counter()
                 layer.knowledge.search(SESSION, queries[0], 5, "vector")  # queues the build
@@ -508,7 +513,7 @@ def main() -> int:
             )
         m = results[phase]["keyword_matches_per_query"]
         print(
-            f"{phase:<6} first search (loads the scope's matrix) {results[phase]['first_search_s']:.2f}s; "
+            f"{phase:<6} first search (loads the scope's vectors) {results[phase]['first_search_s']:.2f}s; "
             f"keyword query matches median {m['median']:.0f}, max {m['max']} chunks"
         )
     print(f"\nwrote {RESULTS.relative_to(HERE.parent)}")
