@@ -20,6 +20,7 @@ from session_mcp.models.embedder import (
     MAX_TOKENS,
     PACKAGED_MODEL_SHA256,
     Embedder,
+    _truncated,
     open_session,
     verify_sha256,
 )
@@ -162,6 +163,20 @@ def test_long_text_is_truncated_not_rejected(embedder: Embedder) -> None:
     a, b = embedder.embed([head + "Then it rained.", head + "Completely different ending about rockets."])
     # Only the first MAX_TOKENS tokens count, so different endings past them change nothing.
     assert float(a @ b) > 0.9999
+
+
+def test_model_input_is_cut_as_the_tokenizers_own_truncation_cuts_it(embedder: Embedder) -> None:
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_str(embedder._read_tokenizer_json())
+    reference.no_padding()
+    reference.enable_truncation(MAX_TOKENS)
+    embedder.count_tokens("loads the shared tokenizer")
+    texts = ["short", "word " * 254, "word " * 255, "The committee met. " * 60, "naïve café über " * 90]
+    for text in texts:
+        full = embedder._tokenizer.encode(text).ids
+        assert _truncated(full) == reference.encode(text).ids
+    assert len(_truncated(embedder._tokenizer.encode(texts[-1]).ids)) == MAX_TOKENS
 
 
 def test_wrong_model_checksum_is_an_engine_error(tmp_path: Path) -> None:
