@@ -589,7 +589,7 @@ async def scale_phase(
     out["first_search_hits"] = len(first.get("results", []))
     out["rss_exact_mb"] = memory_mb(srv.pid)
     if size >= exact_search_below():
-        # The HNSW index is built in the background while searches use the exact matrix: time the
+        # The HNSW index is built in the background while searches use the exact store: time the
         # searches (and the memory) with the index live, as a user's steady state has it.
         waited = await index_built(index_dir, searched_at, BUILD_TIMEOUT)
         out["index_build_s"] = round(out["first_search_s"] + waited, 1)

@@ -8,7 +8,7 @@ Two data sets of 384-d unit vectors in one scope:
              closer to what MiniLM sentence embeddings look like
 Everything goes through ScopedVectors with an in-memory source, so the timings include the
 per-search catch-up (one `stats` call). The first search is exact (the index is built or loaded in
-the background); "during build" are searches answered by the matrix while the worker builds.
+the background); "during build" are searches answered by the exact store while the worker builds.
 """
 
 from __future__ import annotations
