@@ -52,13 +52,20 @@ class FullText:
         return text(f"SELECT max(seq) FROM {self.table}")
 
     def scores(
-        self, conn: Connection, scopes: list[str], words: list[str], k: int, rows: int | None = None
+        self,
+        conn: Connection,
+        scopes: list[str],
+        words: list[str],
+        k: int,
+        rows: int | None = None,
+        highest: int | None = None,
     ) -> dict[int, float]:
         """Keyword scores (higher is better) of the best `k` per scope among these scopes' rows.
-        `rows`, the number of rows these scopes hold, if known, picks SQLite's query form."""
+        `rows`, the number of rows these scopes hold, if known, picks SQLite's query form, with
+        `highest`, the table's highest seq (read here if not given)."""
         dialect = conn.dialect.name
         if dialect == "sqlite":
-            query = fts5_query(words, scopes if self._names_scopes(conn, rows) else None)
+            query = fts5_query(words, scopes if self._names_scopes(conn, rows, highest) else None)
         else:
             query = " or ".join(words)
             # psycopg prepares a statement on the server once it has run 5 times, and PostgreSQL
@@ -72,7 +79,7 @@ class FullText:
         params: dict[str, Any] = {"q": query, "scopes": scopes, "k": k * len(scopes)}
         return {int(seq): float(score) for seq, score in conn.execute(self._queries[dialect], params)}
 
-    def _names_scopes(self, conn: Connection, rows: int | None) -> bool:
+    def _names_scopes(self, conn: Connection, rows: int | None, highest: int | None) -> bool:
         """Whether the MATCH should name the scopes: when they hold under half of the table's rows
         (seqs are never reused, so the highest one bounds the count from above). Naming them makes
         FTS5 walk their tag's rows beside the words' (a user with 100 memories beside another's
@@ -80,7 +87,8 @@ class FullText:
         of the table (one user's 10k: 1.18 against 0.82 ms; 100k: 11.0 against 6.6 ms)."""
         if rows is None:
             return True
-        highest = conn.execute(self._highest_seq).scalar_one_or_none()
+        if highest is None:
+            highest = conn.execute(self._highest_seq).scalar_one_or_none()
         return rows * 2 < int(highest or 0)
 
 
@@ -128,7 +136,11 @@ class Hybrid:
         scopes = [scope for scope in scopes if source.stats(scope)[1] > 0]
         words = keywords(query) if dense_weight < 1 and scopes else []
         held = sum(source.stats(scope)[1] for scope in scopes)
-        keyword = self.fulltext.scores(conn, scopes, words, candidates(limit), held) if words else {}
+        keyword = (
+            self.fulltext.scores(conn, scopes, words, candidates(limit), held, source.highest)
+            if words
+            else {}
+        )
         return Reading(scopes, limit, dense_weight, keyword, source if dense_weight > 0 else None)
 
     def finish(

@@ -36,7 +36,10 @@ class RowVectors:
         self._count: Any = None
         if counts is not None:
             c = counts.c
-            self._stats = select(c.scope, c.max_seq, c.row_count).where(c.scope.in_(scopes))
+            # With the table's highest seq: the keyword query's form depends on it (hybrid.py), and
+            # here it costs no statement of its own.
+            highest = select(func.max(r.seq)).scalar_subquery()
+            self._stats = select(c.scope, c.max_seq, c.row_count, highest).where(c.scope.in_(scopes))
             insert = sqlite.insert(counts) if db.is_sqlite else postgresql.insert(counts)
             delta: Any = bindparam("delta")
             seq: Any = bindparam("seq")
@@ -87,12 +90,16 @@ class RowReader:
     def __init__(self, rows: RowVectors, conn: Connection, scopes: list[str]) -> None:
         self._rows = rows
         self._conn = conn
+        self.highest: int | None = None
+        """The table's highest seq, read with the stats when any scope has a counts row."""
         self._stats = self._read_stats(scopes) if scopes else {}
 
     def _read_stats(self, scopes: list[str]) -> dict[str, tuple[int, int]]:
         found: dict[str, tuple[int, int]] = dict.fromkeys(scopes, (0, 0))
-        for scope, max_seq, count in self._conn.execute(self._rows._stats, {"scopes": scopes}):
+        for scope, max_seq, count, *highest in self._conn.execute(self._rows._stats, {"scopes": scopes}):
             found[scope] = (int(max_seq or 0), int(count))
+            if highest:
+                self.highest = int(highest[0] or 0)
         return found
 
     def stats(self, scope: str) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 from stored_memories import store
 
 from session_mcp.models.clock import ManualClock
@@ -258,3 +258,25 @@ def test_a_scope_past_the_float16_limit_scores_from_the_vectors_in_the_database(
         assert ids[4] not in {
             h.memory_id for h in layer.memory.search(session, "flowers in the garden").results
         }
+
+
+def test_a_search_reads_the_tables_highest_seq_with_the_scope_counts(layer: SessionLayer, alice: str) -> None:
+    bob = layer.sessions.create("bob-1", "bob").session_id
+    layer.memory.add(alice, "Alice drinks green tea")
+    layer.memory.add(bob, "Bob drinks black tea")  # the newest row is another user's
+    with layer.db.read() as conn:
+        highest = conn.execute(select(func.max(MEMORIES.c.seq))).scalar_one()
+        reader = layer.memory.rows.reader(conn, ["long:alice"])
+        assert reader.highest == highest and reader.stats("long:alice")[1] == 1
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(layer.db.engine, "before_cursor_execute", seen)
+    try:
+        assert layer.memory.search(alice, "tea").results[0].text == "Alice drinks green tea"
+    finally:
+        event.remove(layer.db.engine, "before_cursor_execute", seen)
+    assert any("memories_fts" in s or "tsv" in s for s in statements)  # the keyword query ran
+    assert not any(s.startswith("SELECT max(seq) FROM") for s in statements)
