@@ -42,7 +42,8 @@ T = TypeVar("T", bound=np.generic)
 
 class ExactStore:
     """Brute force over L2-normalised rows: int8 codes (one scale per row) always, and while the
-    store holds fewer than `matrix_below` rows a float16 copy as well; removal swaps in the last row.
+    store holds fewer than `matrix_below` rows a float16 copy as well. A removal moves the last row
+    into the hole; more than `_SWAPS` at once compact the store.
 
     A search scans the int8 codes for a shortlist of `shortlist(k)` rows. With the float16 copy
     the store scores those itself (`search`); without it the caller scores the `candidates` with
