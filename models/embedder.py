@@ -252,7 +252,7 @@ class Embedder:
             raise TypeError("count_tokens_batch() takes a sequence of strings")
         if len(texts) == 0:
             return []
-        self._ensure_tokenizers()
+        self._ensure_tokenizer()
         encodings = self._encode(self._tokenizer, texts, add_special_tokens=False)
         return [len(e.ids) for e in encodings]
 
@@ -307,7 +307,7 @@ class Embedder:
         result: FloatArray = (vectors / numpy.maximum(norms, 1e-12)).astype(numpy.float32, copy=False)
         return result
 
-    def _ensure_tokenizers(self) -> None:
+    def _ensure_tokenizer(self) -> None:
         if self._tokenizer is not None:
             return
         with self._tokenizer_lock:
@@ -352,7 +352,7 @@ class Embedder:
             return session
         with self._session_lock:
             if self._session is None:
-                self._ensure_tokenizers()
+                self._ensure_tokenizer()
                 self._session = self._load_session()
             return self._session
 

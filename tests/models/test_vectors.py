@@ -20,6 +20,7 @@ import pytest
 from numpy.typing import NDArray
 
 from session_mcp.models import vectorfile
+from session_mcp.models.errors import EngineError
 from session_mcp.models.vectors import ScopedVectors
 from session_mcp.models.vectorstores import HnswStore
 
@@ -732,3 +733,23 @@ def test_a_scope_past_matrix_below_keeps_no_float16_copy_and_scores_from_the_sto
     fill(src, "small", unit(rng, 400))  # grows past matrix_below: the copy goes
     vs.search("small", queries[0], 5)
     assert not small.scores and len(small) == 600
+
+
+def test_a_stored_vector_of_the_wrong_size_is_an_engine_error_naming_its_scope(
+    rng: np.random.Generator, make: Callable[..., ScopedVectors]
+) -> None:
+    src = DictSource()
+    vecs = unit(rng, 40)
+    keys = fill(src, "s", vecs)
+    good = src.rows["s"][keys[0]]
+    src.rows["s"][keys[0]] = good[:-4]  # one float short
+    vs = make(src, None, matrix_below=10)
+    with pytest.raises(EngineError, match="scope 's' does not have 384 float32 values"):
+        vs.search("s", vecs[1], 5)  # loading the scope
+    src.rows["s"][keys[0]] = good
+    assert top_key(vs, "s", vecs[0]) == keys[0]  # loads once repaired
+    src.rows["s"][keys[0]] = good[:-4]  # damaged after loading: scoring from the rows sees it
+    with pytest.raises(EngineError, match="scope 's' does not have 384 float32 values"):
+        vs.search("s", vecs[0], 5)
+    src.rows["s"][keys[0]] = good
+    assert top_key(vs, "s", vecs[0]) == keys[0]
