@@ -61,14 +61,34 @@ def assert_float32_top(
         assert abs(score - float(held[key] @ q / np.linalg.norm(q))) < 1e-6
 
 
+def assert_same_up_to_ties(found: list[tuple[int, float]], ranking: list[tuple[int, float]]) -> None:
+    """`found` is `ranking`'s first len(found) entries, but that rows of equal score may come in
+    either order, and rows tied at the last score may be any of the rows with that score."""
+    top = ranking[: len(found)]
+    assert [score for _, score in found] == [score for _, score in top]
+    by_score: dict[float, set[int]] = {}
+    for key, score in ranking:
+        by_score.setdefault(score, set()).add(key)
+    last = found[-1][1] if found else None
+    for score in {score for _, score in found}:
+        mine = {key for key, s in found if s == score}
+        if score == last:
+            assert mine <= by_score[score]
+        else:
+            assert mine == {key for key, s in top if s == score}
+
+
 def test_the_int8_shortlist_gives_exactly_the_float16_results(rng: np.random.Generator) -> None:
     store, held = filled(rng, 3000, matrix_below=None)
     assert store.scores and len(store) == len(held)
     everything = store.key_array().tolist()
     for q in clustered(rng, 60):
+        full = store.rescored(q, everything)
         for k in (1, 10, 50, 200):
-            # The shortlist's results against scoring every row in float16.
-            assert store.search(q, k) == store.rescored(q, everything)[:k]
+            # The shortlist's results against scoring every row in float16. Rows whose float16
+            # cosines are equal (seen at k = 200 on an AMD EPYC without AVX-512) may come in
+            # either order.
+            assert_same_up_to_ties(store.search(q, k), full)
     assert {key for key, _ in store.search(q, 2800)} <= set(held)
 
 
