@@ -28,11 +28,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpcore2
 import httpx2
 
 from session_mcp.models.errors import UrlNotAllowed
@@ -50,7 +49,7 @@ URL_DEFAULT_ALLOW = "public"
 """URL ingestion's default: the public internet, and no loopback, private or other non-global address."""
 MAX_URL_CHARS = 2048
 MAX_REDIRECTS = 5
-_REDIRECTS = {301, 302, 303, 307, 308}
+REDIRECTS = {301, 302, 303, 307, 308}
 
 _NAMED: dict[str, tuple[IPNetwork, ...]] = {
     "loopback": (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
@@ -468,7 +467,7 @@ class OutboundPolicy:
                 ) from exc
             status, response_headers, body = self._send(target, method, json, headers, deadline, max_bytes)
             location = response_headers.get("location")
-            if not (follow_redirects and status in _REDIRECTS and location):
+            if not (follow_redirects and status in REDIRECTS and location):
                 return OutboundResponse(
                     status=status,
                     headers=response_headers,
@@ -509,189 +508,9 @@ class OutboundPolicy:
             raise OutboundFailure("timeout", redact(target.url), "the time ran out before it could be sent")
         sent = {"User-Agent": self.user_agent, **(headers or {})}
         sent.update({r.name: r.value for r in self.headers if r.applies(target.host, target.port)})
-        pool = httpcore2.ConnectionPool(
-            ssl_context=self._ssl_context() if target.scheme == "https" else None,
-            network_backend=_PinnedBackend(target, deadline),
-            max_connections=1,
-            retries=0,
-        )
-        try:
-            with httpx2.Client(
-                transport=_PoolTransport(pool), follow_redirects=False, trust_env=False, timeout=remaining
-            ) as client:
-                request = client.build_request(method, target.url, json=json, headers=sent)
-                response = client.send(request, stream=True)
-                try:
-                    return (
-                        response.status_code,
-                        _lower(response.headers),
-                        _read(response, method, max_bytes, deadline, target),
-                    )
-                finally:
-                    response.close()
-        except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
-            raise OutboundFailure(
-                "unreachable", redact(target.url), _reason(exc, "could not connect")
-            ) from exc
-        except httpcore2.TimeoutException as exc:
-            raise OutboundFailure("timeout", redact(target.url), "no complete answer in time") from exc
-        except (httpcore2.NetworkError, httpcore2.ProtocolError, httpx2.HTTPError) as exc:
-            raise OutboundFailure(
-                "bad_response", redact(target.url), _reason(exc, "the answer was not valid HTTP")
-            ) from exc
+        # The connection code imports httpcore2 (20 ms here), which nothing needs until a request
+        # is sent: the server lists its tools without it.
+        from session_mcp.models.pinned import exchange
 
-
-def _lower(headers: httpx2.Headers) -> dict[str, str]:
-    return {name.lower(): value for name, value in headers.items()}
-
-
-def _reason(exc: Exception, fallback: str) -> str:
-    text = str(exc).strip()
-    return f"{fallback} ({text[:160]})" if text else fallback
-
-
-def _read(response: httpx2.Response, method: str, max_bytes: int, deadline: float, target: Target) -> bytes:
-    if method == "HEAD" or response.status_code in _REDIRECTS:
-        return b""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise OutboundFailure(
-            "too_large", redact(target.url), f"the answer is {declared} bytes, over the limit of {max_bytes}"
-        )
-    body = bytearray()
-    for chunk in response.iter_bytes():  # decompressed, so a gzip bomb meets the same cap
-        body += chunk
-        if len(body) > max_bytes:
-            raise OutboundFailure(
-                "too_large", redact(target.url), f"the answer is over the limit of {max_bytes} bytes"
-            )
-        if time.monotonic() > deadline:
-            raise httpcore2.ReadTimeout("deadline passed while reading the answer")
-    return bytes(body)
-
-
-# -- the pinned connection ----------------------------------------------------------------------
-
-
-class _DeadlineStream(httpcore2.NetworkStream):
-    """A socket whose every wait ends at the request's deadline: a server trickling one byte a
-    second cannot stretch the exchange past it."""
-
-    def __init__(self, inner: httpcore2.NetworkStream, deadline: float) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def _left(self, timeout: float | None, error: type[Exception]) -> float:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise error("deadline passed")
-        return remaining if timeout is None else min(timeout, remaining)
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._left(timeout, httpcore2.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._left(timeout, httpcore2.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore2.NetworkStream:
-        wrapped = self._inner.start_tls(
-            ssl_context, server_hostname, self._left(timeout, httpcore2.ConnectTimeout)
-        )
-        return _DeadlineStream(wrapped, self._deadline)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _PinnedBackend(httpcore2.NetworkBackend):
-    """Connects to the checked addresses of one target and nowhere else; the URL keeps the name,
-    so the Host header and TLS SNI (and certificate check) are the name's."""
-
-    def __init__(self, target: Target, deadline: float) -> None:
-        self._target = target
-        self._deadline = deadline
-        self._tcp = httpcore2.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.NetworkStream:
-        if host.lower() != self._target.host or port != self._target.port:
-            raise httpcore2.ConnectError(f"{host}:{port} is not the checked target")
-        failure: Exception = httpcore2.ConnectError("no address to connect to")
-        for address in self._target.addresses:  # in resolver order; the next one only if this refuses
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise httpcore2.ConnectTimeout("deadline passed while connecting")
-            wait = remaining if timeout is None else min(timeout, remaining)
-            try:
-                stream = self._tcp.connect_tcp(str(address), port, wait, socket_options=socket_options)
-            except httpcore2.ConnectError as exc:
-                failure = exc
-                continue
-            return _DeadlineStream(stream, self._deadline)
-        raise failure
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore2.NetworkStream:
-        raise httpcore2.ConnectError("unix sockets are not reachable from here")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-class _ResponseStream(httpx2.SyncByteStream):
-    def __init__(self, inner: Iterable[bytes]) -> None:
-        self._inner = inner
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._inner
-
-    def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
-
-
-class _PoolTransport(httpx2.BaseTransport):
-    """httpx2's request/response over our own connection pool (the stock transport cannot take
-    a network backend). httpcore2 errors pass through to `_send`, which translates them."""
-
-    def __init__(self, pool: httpcore2.ConnectionPool) -> None:
-        self._pool = pool
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        assert isinstance(request.stream, httpx2.SyncByteStream)
-        core = httpcore2.Request(
-            method=request.method,
-            url=httpcore2.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        answer = self._pool.handle_request(core)
-        assert isinstance(answer.stream, Iterable)
-        return httpx2.Response(
-            status_code=answer.status,
-            headers=answer.headers,
-            stream=_ResponseStream(answer.stream),
-            extensions=answer.extensions,
-        )
-
-    def close(self) -> None:
-        self._pool.close()
+        ssl_context = self._ssl_context() if target.scheme == "https" else None
+        return exchange(target, method, json, sent, deadline, max_bytes, ssl_context)
