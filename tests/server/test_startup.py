@@ -12,7 +12,8 @@ from tool_calls import error
 from session_mcp.server.app import build_server
 from session_mcp.server.settings import Settings
 
-ENGINES = ("sqlalchemy", "sqlmodel", "numpy", "onnxruntime", "usearch", "tokenizers", "psycopg")
+# httpcore2: the outbound client's connections (models/pinned.py), loaded on the first request.
+ENGINES = ("sqlalchemy", "sqlmodel", "numpy", "onnxruntime", "usearch", "tokenizers", "psycopg", "httpcore2")
 
 
 def test_the_console_script_imports_no_engine_before_serving() -> None:
