@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.prompts import Prompt
 from mcp.server.mcpserver.tools import Tool
 
 from session_mcp.models.clock import Clock
-from session_mcp.server.errors import error_codes, resource_errors, tool_errors
+from session_mcp.server.errors import error_codes, prompt_checks, read_errors, tool_errors
 from session_mcp.server.flatschema import flattened
 from session_mcp.server.listening import readable_resources_only
 from session_mcp.server.settings import Settings
@@ -109,6 +110,8 @@ def build_server(
             yield slot
             tasks.cancel_scope.cancel()
 
+    prompts = [Prompt.from_function(read_errors(fn)) for fn in PROMPTS]
+    needs = {p.name: [a.name for a in p.arguments or () if a.required] for p in prompts}
     server: MCPServer[LayerSlot] = MCPServer(
         "session-mcp",
         title="session-mcp",
@@ -116,7 +119,7 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.log_level,
-        middleware=[error_codes, readable_resources_only],
+        middleware=[error_codes, prompt_checks(needs), readable_resources_only],
         tools=[
             _published(Tool.from_function(tool_errors(s.fn), title=s.title, annotations=s.annotations))
             for s in ALL_TOOLS
@@ -124,10 +127,10 @@ def build_server(
     )
     for resource in RESOURCES:
         server.resource(resource.uri, mime_type="application/json", description=resource.description)(
-            resource_errors(resource.fn)
+            read_errors(resource.fn)
         )
-    for prompt in PROMPTS:
-        server.prompt()(resource_errors(prompt))
+    for prompt in prompts:
+        server.add_prompt(prompt)
     return server
 
 

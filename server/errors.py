@@ -6,14 +6,14 @@ import functools
 import inspect
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
-from mcp.types import CallToolResult, TextContent
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, TextContent
 
-from session_mcp.models.errors import InvalidArgument, NotFound, SessionError
+from session_mcp.models.errors import EngineError, InvalidArgument, SessionError
 
 log = logging.getLogger("session_mcp.errors")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,17 +78,51 @@ def tool_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def resource_errors(fn: F) -> F:
+def read_errors(fn: F) -> F:
+    """A resource's or prompt's SessionError as the JSON-RPC error the client gets, with the code
+    and message intact: invalid params (the caller's to fix), or an internal error for an engine
+    that failed. The SDK passes an MCPError through; anything else from a prompt it answers as a
+    bare "Internal server error" and logs a traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except NotFound as exc:
-            raise ResourceNotFoundError(str(exc)) from exc
         except SessionError as exc:
-            raise ResourceError(str(exc)) from exc
+            log.info("%s refused: %s", fn.__name__, exc.code)
+            raise MCPError(
+                INTERNAL_ERROR if isinstance(exc, EngineError) else INVALID_PARAMS, str(exc)
+            ) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def prompt_checks(required: Mapping[str, Sequence[str]]) -> ServerMiddleware[Any]:
+    """`prompts/get` refused as invalid params, with what to send instead, when it names no prompt
+    of `required` (prompt name -> the arguments it needs) or leaves one of its arguments out: the
+    SDK answers both as an internal error without a message, and logs a traceback for each."""
+
+    async def check(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        params = ctx.params or {}
+        name, arguments = params.get("name"), params.get("arguments") or {}
+        # Anything malformed (no name, arguments not an object) is the SDK's validation's to answer.
+        if ctx.method == "prompts/get" and isinstance(name, str) and isinstance(arguments, Mapping):
+            if name not in required:
+                raise MCPError(
+                    INVALID_PARAMS,
+                    f"invalid_argument: there is no prompt {name[:100]!r}; "
+                    f"the prompts are: {', '.join(sorted(required))} (prompts/list describes them)",
+                )
+            missing = [arg for arg in required[name] if arg not in arguments]
+            if missing:
+                raise MCPError(
+                    INVALID_PARAMS,
+                    f"invalid_argument: the prompt {name!r} needs the argument{'s' if len(missing) > 1 else ''} "
+                    f"{' and '.join(missing)}; send {'them' if len(missing) > 1 else 'it'} in arguments",
+                )
+        return await call_next(ctx)
+
+    return check
 
 
 def _tidy_validation(detail: str) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
+from mcp.types import INVALID_PARAMS, ErrorData
 from tool_calls import call, error
 
 from session_mcp.models.clock import ManualClock
@@ -183,6 +185,28 @@ async def test_context_prompt_wraps_get_context(client: Client) -> None:
     prompt = await client.get_prompt("context", {"session_id": "p", "query": "where do I live?"})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert "Lisbon" in text and "where do I live?" in text
+
+
+async def test_a_prompt_or_resource_that_cannot_be_had_says_why_and_what_to_send(client: Client) -> None:
+    async def refusal(ask: Awaitable[Any]) -> ErrorData:
+        with pytest.raises(MCPError) as refused:
+            await ask
+        assert refused.value.error.code == INVALID_PARAMS, refused.value.error
+        return refused.value.error
+
+    # The SDK alone answers the three prompts as "Internal server error", with no message.
+    unknown = await refusal(client.get_prompt("contxt", {"session_id": "p", "query": "q"}))
+    assert "there is no prompt 'contxt'; the prompts are: context" in unknown.message
+    incomplete = await refusal(client.get_prompt("context", {"query": "q"}))
+    assert "the prompt 'context' needs the argument session_id; send it in arguments" in incomplete.message
+    ghost = await refusal(client.get_prompt("context", {"session_id": "ghost", "query": "q"}))
+    assert ghost.message.startswith("session_not_found: ")
+    assert (await refusal(client.read_resource("session://ghost/state"))).message.startswith(
+        "session_not_found: "
+    )
+    await call(client, "session_create", session_id="p")
+    prompt = await client.get_prompt("context", {"session_id": "p", "query": "anything"})
+    assert "anything" in prompt.messages[0].content.text  # type: ignore[union-attr]
 
 
 async def test_two_hundred_increments_in_flight_on_one_connection_lose_nothing(client: Client) -> None:
