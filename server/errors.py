@@ -105,8 +105,10 @@ def prompt_checks(required: Mapping[str, Sequence[str]]) -> ServerMiddleware[Any
     async def check(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         params = ctx.params or {}
         name, arguments = params.get("name"), params.get("arguments") or {}
-        # Anything malformed (no name, arguments not an object) is the SDK's validation's to answer.
-        if ctx.method == "prompts/get" and isinstance(name, str) and isinstance(arguments, Mapping):
+        # Anything malformed (no name, arguments not an object) is the SDK's validation's to answer;
+        # a notification (no id) gets no answer at all.
+        asked = ctx.method == "prompts/get" and ctx.request_id is not None
+        if asked and isinstance(name, str) and isinstance(arguments, Mapping):
             if name not in required:
                 raise MCPError(
                     INVALID_PARAMS,

@@ -192,6 +192,24 @@ class _RequireUser:
         await _send_json(send, 401, body, {"www-authenticate": challenge})
 
 
+class _ParseFailuresAreWarnings(logging.Filter):
+    """The SDK's SSE transport logs every POST that is no JSON-RPC message as an error, with a
+    traceback quoting the body: the client's mistake, answered 400, so one warning line here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "Failed to parse message":
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "refused a POST that is no JSON-RPC message (answered 400)", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_parse_failures() -> None:
+    sse_log = logging.getLogger("mcp.server.sse")
+    if not any(isinstance(f, _ParseFailuresAreWarnings) for f in sse_log.filters):
+        sse_log.addFilter(_ParseFailuresAreWarnings())
+
+
 @dataclass
 class HttpApp:
     """The ASGI app of one HTTP transport and the runtime state its server drives."""
@@ -222,6 +240,7 @@ def build_http_app(
     # sees a signal; the drain ends them itself once the replies are out.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     if transport == "sse":
+        _quiet_parse_failures()
         mcp_app: ASGIApp = server.sse_app(
             sse_path=SSE_PATH,
             message_path=MESSAGES_PATH,

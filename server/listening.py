@@ -34,7 +34,8 @@ def sessions_named(uris: list[Any]) -> list[str]:
 
 async def readable_resources_only(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
     token = get_access_token()
-    if ctx.method != "subscriptions/listen" or token is None:  # unauthenticated: one trusted host
+    # Unauthenticated: one trusted host. A notification (no id) gets no answer to refuse with.
+    if ctx.method != "subscriptions/listen" or token is None or ctx.request_id is None:
         return await call_next(ctx)
     notifications = (ctx.params or {}).get("notifications")
     uris = notifications.get("resourceSubscriptions") if isinstance(notifications, dict) else None
