@@ -191,6 +191,15 @@ class _Replies:
                 "parse error: the line is not valid JSON; send one JSON-RPC message per line",
             )
             return
+        except RecursionError:  # arrays or objects nested past Python's recursion limit
+            log.warning("refused a stdio line nested too deeply to read")
+            self._error(
+                None,
+                INVALID_REQUEST,
+                "invalid request: the message is nested too deeply to read (arrays or objects "
+                "hundreds of levels deep); send a flatter message",
+            )
+            return
         request_id = message.get("id") if isinstance(message, dict) else None
         if isinstance(request_id, bool) or not isinstance(request_id, int | str):
             request_id = None

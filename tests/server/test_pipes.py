@@ -159,6 +159,7 @@ def test_a_line_the_sdk_cannot_read_is_answered_not_dropped_and_the_server_goes_
             b'{"jsonrpc": "1.0", "id": "three", "method": "tools/call"}\n',
             b'{"jsonrpc": "2.0", "id": 7, "result": {"bad": "\\udfff"}}\n',  # an unreadable reply
             b"[1, 2, 3]\n",
+            b"[" * 2000 + b"]" * 2000 + b"\n",  # ended the server: json.loads raised RecursionError
             _request(4, "tools/call", {"name": "echo", "arguments": {"text": "still here"}}),
         ]
     )
@@ -171,17 +172,18 @@ def test_a_line_the_sdk_cannot_read_is_answered_not_dropped_and_the_server_goes_
         assert server.stdin is not None and server.stdout is not None
         server.stdin.write(stdin)
         server.stdin.flush()
-        lines = [server.stdout.readline() for _ in range(6)]
+        lines = [server.stdout.readline() for _ in range(7)]
     finally:
         stop.cancel()
         _, stderr = server.communicate(timeout=60)
-    assert all(lines), f"{sum(map(bool, lines))} of 6 replies came"
+    assert all(lines), f"{sum(map(bool, lines))} of 7 replies came"
     replies = [json.loads(line) for line in lines]
     by_id = {r["id"]: r for r in replies if r["id"] is not None}
     nulls = [r for r in replies if r["id"] is None]
-    assert sorted(by_id, key=str) == sorted([1, 2, "three", 4], key=str) and len(nulls) == 2
+    assert sorted(by_id, key=str) == sorted([1, 2, "three", 4], key=str) and len(nulls) == 3
     assert nulls[0]["error"]["code"] == -32700 and "not valid JSON" in nulls[0]["error"]["message"]
     assert nulls[1]["error"]["code"] == -32600  # a JSON array is no message
+    assert nulls[2]["error"]["code"] == -32600 and "nested too deeply" in nulls[2]["error"]["message"]
     for refused in (by_id[2], by_id["three"]):
         assert refused["error"]["code"] == -32600
         assert "not a JSON-RPC 2.0 message" in refused["error"]["message"]
