@@ -1,18 +1,24 @@
-"""Raw frames over both HTTP transports (the reliability plan's R10 for HTTP; stdio has its own in
-tests/server/test_pipes.py and tests/tools/test_fuzz.py): valid JSON-RPC messages mutated byte by
-byte, cut short, nested 100k deep, batched, sent as notifications or with the wrong content type,
-each POSTed as a client of the transport would. No frame may get a 5xx or break the connection, a
-real client on its own connection must still be answered after every batch, and nothing may log
-an error or a traceback. Run longer by hand with SESSION_MCP_FUZZ_EXAMPLES=5000."""
+"""Raw frames over stdio and both HTTP transports (the reliability plan's R10): valid JSON-RPC
+messages mutated byte by byte, cut short, nested 100k deep, batched, sent as notifications or (over
+HTTP) with the wrong content type. Over HTTP no frame may get a 5xx or break the connection; over
+stdio the real `session-mcp` must go on reading. After every batch a real request must still be
+answered, and nothing may log an error or a traceback. Run longer by hand with
+SESSION_MCP_FUZZ_EXAMPLES=2500 (5,000 frames per transport)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import queue
 import random
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -182,3 +188,67 @@ async def test_mutated_frames_get_no_5xx_and_a_real_client_is_still_answered(
     if secured.transport == "sse":  # the SDK logs each such POST as an error with a traceback
         refused = [r for r in caplog.records if r.getMessage().startswith("refused a POST that is no")]
         assert refused and all(r.levelno == logging.WARNING for r in refused)
+
+
+def test_mutated_lines_never_end_the_stdio_server(tmp_path: Path) -> None:
+    """The real `session-mcp` over stdio: every line a mutated frame (a line break inside one
+    becomes a space, as a line-framed client would have to send it), a ping after every batch."""
+    env = {"PATH": os.environ.get("PATH", ""), "SESSION_MCP_DATA_DIR": str(tmp_path / "data")}
+    stderr = (tmp_path / "stderr.log").open("wb")
+    server = subprocess.Popen(
+        [str(Path(sys.prefix) / "bin" / "session-mcp")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    replies: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def read(out: Any) -> None:
+        for line in out:
+            replies.put(json.loads(line))
+
+    reader = threading.Thread(target=read, args=(server.stdout,), daemon=True)
+    reader.start()
+
+    def send(frame: bytes) -> None:
+        server.stdin.write(frame.replace(b"\n", b" ") + b"\n")  # type: ignore[union-attr]
+        server.stdin.flush()  # type: ignore[union-attr]
+
+    def answered(request_id: int) -> bool:
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                reply = replies.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                break
+            if reply.get("id") == request_id:
+                return "result" in reply
+        return False
+
+    rng = random.Random("stdio-fuzz")
+    try:
+        hello = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "fz", "version": "0"},
+        }
+        send(json.dumps(request(1, "initialize", hello)).encode())
+        send(json.dumps(request(None, "notifications/initialized")).encode())
+        assert answered(1)
+        for sent in range(1, FRAMES + 1):
+            send(mutated(rng, json.dumps(rng.choice(VALID)).encode()))
+            if sent % BATCH == 0:
+                send(json.dumps(request(1_000_000 + sent, "ping")).encode())
+                assert answered(1_000_000 + sent), f"no answer to a ping after {sent} frames"
+        assert server.poll() is None
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
+        reader.join(timeout=60)  # it ends at the end of the server's output
+        server.stdout.close()
+        stderr.close()
+    log = (tmp_path / "stderr.log").read_text(errors="replace")
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    assert "refused a stdio line nested too deeply to read" in log  # the mutations reached the reader
