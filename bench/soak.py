@@ -14,7 +14,7 @@ is counted and its first lines printed.
 Every `--sample` seconds: the server's VmRSS and VmHWM, its open file descriptors, the SQLite WAL's
 size, calls and their p50 / p99 in the window, errors. Pass criteria (R16): RSS at the end within
 10% of the first sample after `--warmup` seconds, the descriptor count flat after warm-up, the WAL
-bounded (SQLite checkpoints it), no errors. Results: a table on stdout and bench/results/soak.json.
+bounded (SQLite checkpoints it; the files are not sampled on PostgreSQL), no errors. Results: a table on stdout and bench/results/soak.json.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,14 @@ class Workload:
         self.pool = self.texts.distinct(2000, set())  # long-term texts: the scope stops growing
         self.sessions: dict[str, float] = {}  # id -> when it expires (monotonic)
         self.created = 0
+        self.run = uuid.uuid4().hex[:8]  # a database used before holds earlier runs' sessions
 
     async def session(self) -> str:
         now = time.monotonic()
         usable = [s for s, ends in self.sessions.items() if ends - now > 15]
         if len(usable) < 5:
             self.created += 1
-            session_id = f"soak-{self.created}"
+            session_id = f"soak-{self.run}-{self.created}"
             await self.server.call(
                 "session_create",
                 session_id=session_id,
@@ -132,7 +134,8 @@ async def soak(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     }
     if args.database_url:
         env["SESSION_MCP_DATABASE_URL"] = args.database_url
-    wal = data / "session-mcp.db-wal"
+    sqlite = not args.database_url or args.database_url.startswith("sqlite")
+    wal = data / "session-mcp.db-wal"  # the files are SQLite's: on PostgreSQL they are not sampled
     samples: list[dict[str, Any]] = []
     errors: Counter[str] = Counter()
     shown = 0
@@ -166,8 +169,8 @@ async def soak(args: argparse.Namespace, data: Path) -> dict[str, Any]:
                     "rss_mb": memory.get("VmRSS"),
                     "hwm_mb": memory.get("VmHWM"),
                     "fds": open_fds(server.pid),
-                    "wal_mb": file_mb(wal),
-                    "db_mb": file_mb(data / "session-mcp.db"),
+                    "wal_mb": file_mb(wal) if sqlite else None,
+                    "db_mb": file_mb(data / "session-mcp.db") if sqlite else None,
                     "calls": len(window),
                     "p50_ms": round(pct(window, 50) * 1000, 2),
                     "p99_ms": round(pct(window, 99) * 1000, 2),
@@ -175,9 +178,11 @@ async def soak(args: argparse.Namespace, data: Path) -> dict[str, Any]:
                     "sessions_created": work.created,
                 }
                 samples.append(sample)
+                files = f" wal {sample['wal_mb']} MB db {sample['db_mb']} MB" if sqlite else ""
                 print(
-                    "  t={t_s:>5}s rss {rss_mb} MB (peak {hwm_mb}) fds {fds} wal {wal_mb} MB db {db_mb} MB "
-                    "calls {calls} p50 {p50_ms} ms p99 {p99_ms} ms errors {errors}".format(**sample),
+                    "  t={t_s:>5}s rss {rss_mb} MB (peak {hwm_mb}) fds {fds}".format(**sample)
+                    + files
+                    + " calls {calls} p50 {p50_ms} ms p99 {p99_ms} ms errors {errors}".format(**sample),
                     flush=True,
                 )
                 window = []
@@ -199,7 +204,7 @@ async def soak(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "rss_growth": round(growth, 4),
         "peak_rss_mb": max(s["hwm_mb"] or 0 for s in samples),
         "fds_min_max": [min(fds), max(fds)],
-        "wal_max_mb": max(s["wal_mb"] for s in samples),
+        "wal_max_mb": max(s["wal_mb"] for s in samples) if sqlite else None,
         "p50_ms_median_of_windows": round(statistics.median(s["p50_ms"] for s in samples), 2),
     }
 
@@ -236,7 +241,7 @@ def main() -> int:
     print(
         f"RSS {result['rss_after_warmup_mb']} MB after warm-up -> {result['rss_end_mb']} MB at the end "
         f"({result['rss_growth']:+.1%}), peak {result['peak_rss_mb']} MB; descriptors "
-        f"{result['fds_min_max'][0]}-{result['fds_min_max'][1]}; WAL at most {result['wal_max_mb']} MB; "
+        f"{result['fds_min_max'][0]}-{result['fds_min_max'][1]}; WAL at most {result['wal_max_mb'] or '-'} MB; "
         f"errors {result['errors'] or 'none'}"
     )
     for name, passed in ok.items():
