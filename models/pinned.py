@@ -33,8 +33,9 @@ def exchange(
     ssl_context: ssl.SSLContext | None,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, lower-cased headers, body) of one request to `target` with these headers (httpx2
-    adds Host and the like); raises OutboundFailure when it cannot be had by `deadline` (time.monotonic) or the
-    body passes `max_bytes`. Follows no redirect: the caller checks each hop first."""
+    adds Host and the like). Raises OutboundFailure when it cannot be had by `deadline`
+    (time.monotonic) or the body passes `max_bytes`. Follows no redirect: the caller checks each
+    hop first."""
     pool = httpcore2.ConnectionPool(
         ssl_context=ssl_context,
         network_backend=_PinnedBackend(target, deadline),
@@ -189,7 +190,7 @@ class _ResponseStream(httpx2.SyncByteStream):
 
 class _PoolTransport(httpx2.BaseTransport):
     """httpx2's request/response over our own connection pool (the stock transport cannot take
-    a network backend). httpcore2 errors pass through to `_send`, which translates them."""
+    a network backend). httpcore2 errors pass through to `exchange`, which translates them."""
 
     def __init__(self, pool: httpcore2.ConnectionPool) -> None:
         self._pool = pool

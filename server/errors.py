@@ -1,4 +1,5 @@
-"""The one place domain errors become MCP errors: tool errors whose text starts with a stable code."""
+"""The one place domain errors become MCP errors: tool errors whose text starts with a stable code,
+and for resources and prompts JSON-RPC errors whose message does."""
 
 from __future__ import annotations
 
