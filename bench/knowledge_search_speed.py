@@ -34,7 +34,8 @@ Baselines in the same rounds (each query runs all modes and baselines in a shuff
 Also reported: how many chunks the OR-ed keyword query matches (median over 30 queries); bm25
 scores every match before ORDER BY/LIMIT, so keyword cost grows with it. Caveat: with 100k
 chunks made of a 7.4k-sentence pool every sentence recurs ~90 times, so rare words match far
-more chunks than in 100k chunks of distinct real text; common words behave about the same. Results: a table on stdout and bench/results/knowledge_search_speed.json.
+more chunks than in 100k chunks of distinct real text; common words behave about the same.
+Results: a table on stdout and bench/results/knowledge_search_speed.json.
 
 --stdio: the same database (populated the same way, into the session's own scope
 `session:<session_id>` as models/knowledge.py names it, the session created first) is searched

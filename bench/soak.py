@@ -14,7 +14,8 @@ is counted and its first lines printed.
 Every `--sample` seconds: the server's VmRSS and VmHWM, its open file descriptors, the SQLite WAL's
 size, calls and their p50 / p99 in the window, errors. Pass criteria (R16): RSS at the end within
 10% of the first sample after `--warmup` seconds, the descriptor count flat after warm-up, the WAL
-bounded (SQLite checkpoints it; the files are not sampled on PostgreSQL), no errors. Results: a table on stdout and bench/results/soak.json.
+bounded (SQLite checkpoints it; the files are not sampled on PostgreSQL), no errors. Results: a
+table on stdout and bench/results/soak.json.
 """
 
 from __future__ import annotations
@@ -220,6 +221,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
+    for name in ("minutes", "rate", "sample"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be more than 0, not {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be 0 or more, not {args.warmup}")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         data = Path(tmp) / "data"
         try:
@@ -241,7 +247,8 @@ def main() -> int:
     print(
         f"RSS {result['rss_after_warmup_mb']} MB after warm-up -> {result['rss_end_mb']} MB at the end "
         f"({result['rss_growth']:+.1%}), peak {result['peak_rss_mb']} MB; descriptors "
-        f"{result['fds_min_max'][0]}-{result['fds_min_max'][1]}; WAL at most {result['wal_max_mb'] or '-'} MB; "
+        f"{result['fds_min_max'][0]}-{result['fds_min_max'][1]}; "
+        f"WAL at most {result['wal_max_mb'] or '-'} MB; "
         f"errors {result['errors'] or 'none'}"
     )
     for name, passed in ok.items():

@@ -26,8 +26,8 @@ rows parks it and lets the worker bring it up to date instead. A scope shrinking
 threshold drops its index (no flapping). The index took 87 MB at 90k vectors on top of the rows,
 and 64-95 s to build at 100k on one thread, which is why `exact_below` defaults to 200k: at 100k
 a whole search took as long without it (13.55 against 13.58 ms, the vector part 3.60 against
-3.19 ms; README) and needs no memory beyond the codes. Nothing holds a full float32 copy: rows are read in batches of `_BATCH`
-into a preallocated store, files are streamed.
+3.19 ms; README) and needs no memory beyond the codes. Nothing holds a full float32 copy: rows
+are read in batches of `_BATCH` into a preallocated store, files are streamed.
 
 Catch-up, per search: one `stats` call. New rows past the watermark are fetched; if the key
 count still disagrees with the row count (deletes, or PostgreSQL commits that landed out of seq

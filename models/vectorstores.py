@@ -272,9 +272,9 @@ class HnswStore:
     against an f32 index with the same settings, both re-ranked: recall@10 0.9935 against 0.993,
     each of 500 stored vectors found itself first (R7), built in 51-58 s against 159 s (one
     thread); the int8 index added 87 MB to the process and searched 50 in 1.4 ms. Over stdio at
-    100k memories the server peaked at 401 against 511 MB (both with a float16 matrix). With stored vectors plus noise as
-    queries, the int8 distances alone put the right ten first only 0.90 of the time, so they are
-    never returned as scores."""
+    100k memories the server peaked at 401 against 511 MB (both with a float16 matrix). With
+    stored vectors plus noise as queries, the int8 distances alone put the right ten first only
+    0.90 of the time, so they are never returned as scores."""
 
     def __init__(self, dim: int, buffer: memoryview | None = None) -> None:
         self.index = Index(

@@ -44,6 +44,12 @@ def request(request_id: int | None, method: str, params: dict[str, Any] | None =
     return message
 
 
+def opening(version: str = "2025-11-25") -> dict[str, Any]:
+    """The initialize request every transport starts with (id 1)."""
+    hello = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "fz", "version": "0"}}
+    return request(1, "initialize", hello)
+
+
 def tool(request_id: int, name: str, **arguments: Any) -> dict[str, Any]:
     return request(request_id, "tools/call", {"name": name, "arguments": arguments})
 
@@ -107,16 +113,9 @@ async def raw_channel(
     a session opened by a raw initialize, or SSE's message URL while its event stream is read (and
     dropped) by a task of its own, as a client would keep it open."""
     if running.transport == "streamable-http":
-        hello = request(
-            1,
-            "initialize",
-            {
-                "protocolVersion": LATEST_HANDSHAKE_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "fz", "version": "0"},
-            },
+        opened = await http.post(
+            running.endpoint, json=opening(LATEST_HANDSHAKE_VERSION), headers={**JSON, **AUTH}
         )
-        opened = await http.post(running.endpoint, json=hello, headers={**JSON, **AUTH})
         assert opened.status_code == 200, opened.text
         headers = {**JSON, **AUTH, "mcp-session-id": opened.headers["mcp-session-id"]}
         await http.post(running.endpoint, json=request(None, "notifications/initialized"), headers=headers)
@@ -139,17 +138,8 @@ async def raw_channel(
                     pass
 
             tasks.start_soon(drain)
-            hello = request(
-                1,
-                "initialize",
-                {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "fz", "version": "0"},
-                },
-            )
             url = running.base + path
-            await http.post(url, json=hello, headers={**JSON, **AUTH})
+            await http.post(url, json=opening(), headers={**JSON, **AUTH})
             await http.post(url, json=request(None, "notifications/initialized"), headers={**JSON, **AUTH})
             yield url, {**JSON, **AUTH}
             tasks.cancel_scope.cancel()
@@ -229,12 +219,7 @@ def test_mutated_lines_never_end_the_stdio_server(tmp_path: Path) -> None:
 
     rng = random.Random("stdio-fuzz")
     try:
-        hello = {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "fz", "version": "0"},
-        }
-        send(json.dumps(request(1, "initialize", hello)).encode())
+        send(json.dumps(opening()).encode())
         send(json.dumps(request(None, "notifications/initialized")).encode())
         assert answered(1)
         for sent in range(1, FRAMES + 1):
