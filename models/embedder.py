@@ -50,6 +50,7 @@ _ONNX_INT_TYPES: Final[dict[str, type[numpy.integer[Any]]]] = {
 
 FloatArray = npt.NDArray[numpy.float32]
 T = TypeVar("T")
+U = TypeVar("U")
 AnyArray = numpy.ndarray[Any, Any]
 
 
@@ -236,12 +237,17 @@ class Embedder:
         waited for that thread to wake and to get the GIL from this thread's SQL: 0.46 ms p50
         measured beside a 10k-memory search. Returns, or raises, only once `work` has ended, so
         `work` may use the caller's open connection."""
+        return self.beside(work, lambda: self.embed_one(text))
+
+    def beside(self, work: Callable[[], T], here: Callable[[], U]) -> tuple[U, T]:
+        """`here()` on this thread while `work()` runs on a batch thread, as `embed_beside`: both
+        results once both have ended; an error of `here`, else one of `work`, is raised instead."""
         job = self._batch_pool().submit(work)
         try:
-            vector = self.embed_one(text)
+            mine = here()
         finally:
             wait([job])
-        return vector, job.result()
+        return mine, job.result()
 
     def count_tokens(self, text: str) -> int:
         """Wordpiece tokens of `text`, without [CLS]/[SEP] and without truncation."""

@@ -167,20 +167,35 @@ class ScopedVectors:
                 if s.gone:  # evicted between lookup and lock: serve from its successor
                     continue
                 self._catch_up(s, source or self._source)
-                exact = s.exact
-                assert exact is not None
-                if k <= 0:
-                    return []
-                if s.hnsw is None and exact.scores:
-                    return exact.search(q, k)
-                # The index is in step with the store, which has the same keys.
-                keys = s.hnsw.candidates(q, shortlist(k)) if s.hnsw is not None else exact.candidates(q, k)
-                found = (
-                    exact.rescored(q, keys)
-                    if exact.scores
-                    else self._scored(s, q, keys, source or self._source)
-                )
-                return found[:k]
+                found = self._nearest(s, q, k, source or self._source)
+                assert found is not None
+                return found
+
+    def catch_up(self, scope: str, source: VectorSource | None = None) -> None:
+        """Bring the scope's cache up to the database as `source` sees it (as `search` does first),
+        loading it if need be: for a search that reads in one thread and scans in another."""
+        while True:
+            s = self._get(scope)
+            with s.lock:
+                if s.gone:
+                    continue
+                self._catch_up(s, source or self._source)
+                return
+
+    def held(self, scope: str, query: NDArray[np.float32], k: int) -> list[tuple[int, float]] | None:
+        """`search`'s answer from the cache as it stands, without the database: no catch-up (call
+        `catch_up` first, in the search's transaction) and no stored vectors read. None when the
+        scope cannot answer so (not loaded, evicted, or scored from the stored vectors because it
+        has no float16 copy): then `search`, on the transaction's connection. So a search can scan
+        the vectors while its full-text query runs on that connection in another thread. A row
+        added since the catch-up may be among the keys; the search's row fetch, in its snapshot,
+        leaves it out."""
+        q = self._vector(query)
+        s = self._loaded(scope)
+        if s is None:
+            return None
+        with s.lock:
+            return None if s.gone or s.exact is None else self._nearest(s, q, k, None)
 
     def note_added(self, scope: str, seq: int, vector: NDArray[np.float32]) -> None:
         v = self._vector(vector)
@@ -284,6 +299,27 @@ class ScopedVectors:
     def _loaded(self, name: str) -> _Scope | None:
         with self._lock:
             return self._scopes.get(name)
+
+    def _nearest(
+        self, s: _Scope, q: Vecs, k: int, source: VectorSource | None
+    ) -> list[tuple[int, float]] | None:
+        """The k nearest in the scope's cache (its lock held): the float16 copy scores the exact
+        store's shortlist or the HNSW index's candidates, or else the stored vectors from `source`
+        do; None if that is needed and `source` is None."""
+        exact = s.exact
+        assert exact is not None
+        if k <= 0:
+            return []
+        if s.hnsw is None and exact.scores:
+            return exact.search(q, k)
+        if not exact.scores and source is None:
+            return None
+        # The index is in step with the store, which has the same keys.
+        keys = s.hnsw.candidates(q, shortlist(k)) if s.hnsw is not None else exact.candidates(q, k)
+        if exact.scores:
+            return exact.rescored(q, keys)[:k]
+        assert source is not None  # checked above
+        return self._scored(s, q, keys, source)[:k]
 
     def _catch_up(self, s: _Scope, source: VectorSource) -> None:
         max_seq, count = source.stats(s.name)

@@ -735,6 +735,51 @@ def test_a_scope_past_matrix_below_keeps_no_float16_copy_and_scores_from_the_sto
     assert not small.scores and len(small) == 600
 
 
+def test_held_answers_as_search_does_from_a_caught_up_cache_without_reading_the_source(
+    rng: np.random.Generator, make: Callable[..., ScopedVectors], big: Big, tmp_path: Path
+) -> None:
+    """What a search scans while its full-text query has the connection: a cache that `catch_up`
+    brought up to date, searched without one call to the source, or None where the source is needed."""
+    src = DictSource()
+    small_vecs = unit(rng, 200)
+    small_keys = fill(src, "small", small_vecs)
+    fill(src, "large", unit(rng, 600))
+    vs = make(src, None, exact_below=10**6, matrix_below=500)
+    queries = unit(rng, 10)
+    assert vs.held("small", queries[0], 5) is None  # not loaded yet
+    vs.catch_up("small")
+    vs.catch_up("large")
+    for q in queries:
+        before = src.calls.copy()
+        found = vs.held("small", q, 5)
+        assert src.calls == before
+        assert found is not None
+        assert_exact_top(found, small_vecs, small_keys, q, 5)
+        assert found == vs.search("small", q, 5)
+    assert vs.held("small", queries[0], 0) == []
+    before = src.calls.copy()
+    assert vs.held("large", queries[0], 5) is None  # no float16 copy: scored from the source
+    assert src.calls == before
+    v = unit(rng, 1)[0]
+    seq = src.insert("small", v)  # committed by another writer: seen at the next catch-up only
+    assert (vs.held("small", v, 1) or [(None, 0.0)])[0][0] != seq
+    vs.catch_up("small")
+    assert (vs.held("small", v, 1) or [(None, 0.0)])[0][0] == seq
+    vs.drop("small")
+    assert vs.held("small", v, 1) is None
+    # A live HNSW index with the float16 copy: its candidates, rescored, as search gives them.
+    big_src = big[0]
+    with_big_file(big, tmp_path)
+    hnsw = make(big_src, tmp_path, exact_below=500, matrix_below=10**6)
+    hnsw.catch_up("big")
+    assert hnsw.wait_idle(WAIT) and hnsw.mode("big") == "hnsw"
+    for q in queries:
+        before = big_src.calls.copy()
+        found = hnsw.held("big", q, 10)
+        assert big_src.calls == before
+        assert found is not None and found == hnsw.search("big", q, 10)
+
+
 def test_a_stored_vector_of_the_wrong_size_is_an_engine_error_naming_its_scope(
     rng: np.random.Generator, make: Callable[..., ScopedVectors]
 ) -> None:
