@@ -69,9 +69,14 @@ class ExactStore:
         self.keys: Keys = np.empty(capacity, np.int64)
         # The keys present, ascending, and the row of each: a lookup is a binary search. A dict
         # of key to row took 11 MB at 100k rows (two int objects and an entry per row), this 1.6.
-        self._sorted: Keys = np.empty(0, np.int64)
-        self._row: NDArray[np.intp] = np.empty(0, np.intp)
+        # Both live in buffers of the store's capacity, `_sorted` and `_row` being their first n:
+        # a new row's key is nearly always the highest yet (seqs only grow) and is appended in
+        # place, where inserting into exact-size arrays copied both on every add (66 of the 170
+        # us a single add took in the store, at 10k rows, in a server's memory_add).
+        self._sorted_buf: Keys = np.empty(capacity, np.int64)
+        self._row_buf: NDArray[np.intp] = np.empty(capacity, np.intp)
         self.n = 0
+        self._sorted, self._row = self._sorted_buf[:0], self._row_buf[:0]
 
     def __len__(self) -> int:
         return self.n
@@ -109,6 +114,8 @@ class ExactStore:
             self.codes = _grown(self.codes, start, cap)
             self.scales = _grown(self.scales, start, cap)
             self.keys = _grown(self.keys, start, cap)
+            self._sorted_buf = _grown(self._sorted_buf, start, cap)
+            self._row_buf = _grown(self._row_buf, start, cap)
         out = np.array(vecs, np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
@@ -117,11 +124,21 @@ class ExactStore:
         self.keys[start:need] = keys
         _int8_into(self.codes[start:need], self.scales[start:need], out)
         order = np.argsort(keys, kind="stable")
-        at = np.searchsorted(self._sorted, keys[order])
-        self._sorted = np.insert(self._sorted, at, keys[order])
-        self._row = np.insert(self._row, at, np.arange(start, need, dtype=np.intp)[order])
-        self.n = need
+        ordered, rows = keys[order], np.arange(start, need, dtype=np.intp)[order]
+        if start == 0 or ordered[0] > self._sorted[-1]:  # all after the keys present: append
+            self._sorted_buf[start:need] = ordered
+            self._row_buf[start:need] = rows
+        else:
+            at = np.searchsorted(self._sorted, ordered)
+            self._sorted_buf[:need] = np.insert(self._sorted, at, ordered)
+            self._row_buf[:need] = np.insert(self._row, at, rows)
+        self._resize(need)
         return out
+
+    def _resize(self, n: int) -> None:
+        """The store now holds its first n rows, and the sorted buffers their first n entries."""
+        self.n = n
+        self._sorted, self._row = self._sorted_buf[:n], self._row_buf[:n]
 
     def remove(self, keys: Keys) -> Keys:
         """Remove the keys present; return those."""
@@ -136,9 +153,9 @@ class ExactStore:
                 for a in self._arrays():
                     a[i] = a[last]
                 self._row[np.searchsorted(self._sorted, self.keys[i])] = i
-            self._sorted = np.delete(self._sorted, p)
-            self._row = np.delete(self._row, p)
-            self.n = last
+            self._sorted_buf[p:last] = self._sorted_buf[p + 1 : last + 1]  # numpy copies overlaps safely
+            self._row_buf[p:last] = self._row_buf[p + 1 : last + 1]
+            self._resize(last)
         return gone
 
     def _compact(self, gone: Keys) -> None:
@@ -151,9 +168,10 @@ class ExactStore:
             for i in range(0, len(kept), 4096):  # kept[j] >= j: nothing is overwritten unread
                 chunk = kept[i : i + 4096]
                 a[i : i + len(chunk)] = a[chunk]
-        self.n = len(kept)
-        self._row = np.argsort(self.keys[: self.n], kind="stable")
-        self._sorted = self.keys[self._row]
+        n = len(kept)
+        self._row_buf[:n] = np.argsort(self.keys[:n], kind="stable")
+        self._sorted_buf[:n] = self.keys[self._row_buf[:n]]
+        self._resize(n)
 
     def _arrays(self) -> list[NDArray[np.generic]]:
         """Every per-row array."""

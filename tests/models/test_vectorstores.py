@@ -137,3 +137,42 @@ def test_a_zero_query_scores_zero_everywhere(rng: np.random.Generator) -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def test_keys_added_in_any_order_and_removed_are_found_at_their_own_rows(rng: np.random.Generator) -> None:
+    """The sorted-key lookup under every kind of change: keys above all present (appended in
+    place), below or between them (inserted), one at a time and in batches, removed a few at a time
+    (the last row moving into each hole) and many at once (compacted)."""
+    store = ExactStore(DIM, 0, matrix_below=None)
+    held: dict[int, NDArray[np.float32]] = {}
+    fresh = iter(rng.permutation(np.arange(1, 5000, dtype=np.int64)).tolist())
+    top = 5000
+    for step in range(120):
+        kind = step % 6
+        if kind in (0, 1, 2):  # above every key present: single adds and batches
+            top += 1 + int(rng.integers(0, 3))
+            keys = np.arange(top, top + 1 + (kind == 2) * 20, dtype=np.int64)
+            top = int(keys[-1])
+        elif kind == 3:  # anywhere below the highest: the insert path
+            keys = np.array([next(fresh) for _ in range(int(rng.integers(1, 30)))], np.int64)
+        else:  # removals: a few (kind 4), or more than the store swaps one by one (kind 5)
+            present = np.array(sorted(held), np.int64)
+            count = min(len(present), 3 if kind == 4 else 80)
+            gone = rng.choice(present, count, replace=False)
+            assert sorted(store.remove(gone).tolist()) == sorted(gone.tolist())
+            for key in gone.tolist():
+                del held[key]
+            keys = np.empty(0, np.int64)
+        if len(keys):
+            vecs = rng.standard_normal((len(keys), DIM)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            store.add(keys, vecs)
+            held.update(zip(keys.tolist(), vecs, strict=True))
+        present = np.array(sorted(held), np.int64)
+        assert len(store) == len(held) and sorted(store.key_array().tolist()) == present.tolist()
+        assert store.contains(present).all()
+        absent = np.array([0, top + 1, *[k for k in range(1, 60) if k not in held]], np.int64)
+        assert not store.contains(absent).any()
+        if len(present):
+            want = np.stack([held[k] for k in present.tolist()])
+            assert np.abs(store.rows(present) - want).max() < 1e-3  # each key's own row (float16)
