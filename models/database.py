@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DataError, DisconnectionError, OperationalError
+from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, DisconnectionError, OperationalError
 
 from session_mcp.models.errors import EngineError, InvalidArgument
 
@@ -163,3 +164,66 @@ def _refused_value(exc: DataError) -> InvalidArgument:
         "the database refused a value of this call as invalid data (a NUL character \\u0000 in a "
         "string, say); change the value and call again"
     )
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]  # in placeholder order for a positional driver, else each name once
+    positional: bool
+    processors: dict[str, Callable[[Any], Any]]
+
+    def arguments(self, params: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
+        def value(name: str) -> Any:
+            process = self.processors.get(name)
+            return params[name] if process is None else process(params[name])
+
+        if self.positional:
+            return [value(name) for name in self.names]
+        return {name: value(name) for name in self.names}
+
+
+class DriverStatement:
+    """A statement built once and run straight on the driver's cursor, for the hottest writes.
+
+    `conn.execute` spends time outside the database on every call (an execution context, result
+    set-up, events): for memory_add's insert 165 against 63 us on the driver's cursor, for the
+    scope-count upsert 46 against 3 us (measured here, in a write transaction). The statement is
+    compiled once per dialect, and each value passes through its column type's own bind
+    processor, as `conn.execute` would pass it, so what is stored is the same. Rows come back as
+    the driver's tuples, without type processing: only for statements returning nothing or plain
+    numbers. Driver errors are raised as SQLAlchemy raises them (OperationalError, DataError, ...),
+    which is what Database.write maps."""
+
+    def __init__(self, statement: ClauseElement, column_keys: Sequence[str] | None = None) -> None:
+        self._statement = statement
+        self._column_keys = list(column_keys) if column_keys is not None else None
+        self._compiled: dict[str, _Compiled] = {}
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        dialect = conn.dialect
+        compiled = self._compiled.get(dialect.name) or self._compile(dialect)
+        arguments = compiled.arguments(params)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.sql, arguments)
+            return list(cursor.fetchall()) if cursor.description else []
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                compiled.sql, arguments, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
+        finally:
+            cursor.close()
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled: Any = self._statement.compile(dialect=dialect, column_keys=self._column_keys)
+        positional = compiled.positional
+        names = tuple(compiled.positiontup) if positional else tuple(dict.fromkeys(compiled.binds))
+        processors = {}
+        for name in set(names):
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        made = _Compiled(compiled.string, names, positional, processors)
+        self._compiled[dialect.name] = made
+        return made

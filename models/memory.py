@@ -15,7 +15,7 @@ from sqlalchemy import Connection, RowMapping, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
-from session_mcp.models.database import Database
+from session_mcp.models.database import Database, DriverStatement
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
 from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
@@ -39,8 +39,23 @@ SearchType = Literal["short", "long", "all"]
 
 # Built once (see sessions.py). ON CONFLICT, not a look-up first: two sessions of one user adding
 # the same fact at once must both end with the one memory, never with a unique-constraint error.
+# On the driver's cursor (DriverStatement): every memory_add runs it.
 _ADD = {
-    name: insert(_M).on_conflict_do_nothing(index_elements=[_M.c.scope, _M.c.text_hash]).returning(_M.c.seq)
+    name: DriverStatement(
+        insert(_M).on_conflict_do_nothing(index_elements=[_M.c.scope, _M.c.text_hash]).returning(_M.c.seq),
+        column_keys=[
+            "memory_id",
+            "scope",
+            "session_id",
+            "user_id",
+            "memory_type",
+            "text",
+            "text_hash",
+            "meta",
+            "created_at",
+            "embedding",
+        ],
+    )
     for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
 }
 _SAME_TEXT = select(_M.c.memory_id).where(_M.c.scope == bindparam("s"), _M.c.text_hash == bindparam("h"))
@@ -120,7 +135,8 @@ class Memory:
                 "created_at": to_db(self.clock.now()),
                 "embedding": vector.astype(np.float32).tobytes(),
             }
-            seq = conn.execute(_ADD[self.db.dialect], row).scalar_one_or_none()
+            added = _ADD[self.db.dialect].run(conn, row)
+            seq = added[0][0] if added else None
             if seq is None:
                 existing = conn.execute(_SAME_TEXT, {"s": scope, "h": digest}).scalar_one()
                 return MemoryAdded(memory_id=existing, memory_type=memory_type, deduplicated=True)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from session_mcp.models.database import Database
+from session_mcp.models.database import Database, DriverStatement
 
 
 class RowVectors:
@@ -43,12 +43,15 @@ class RowVectors:
             insert = sqlite.insert(counts) if db.is_sqlite else postgresql.insert(counts)
             delta: Any = bindparam("delta")
             seq: Any = bindparam("seq")
-            self._count = insert.on_conflict_do_update(
-                index_elements=[c.scope],
-                set_={
-                    "row_count": c.row_count + delta,
-                    "max_seq": case((c.max_seq < seq, seq), else_=c.max_seq),
-                },
+            self._count = DriverStatement(  # every add and delete runs it
+                insert.on_conflict_do_update(
+                    index_elements=[c.scope],
+                    set_={
+                        "row_count": c.row_count + delta,
+                        "max_seq": case((c.max_seq < seq, seq), else_=c.max_seq),
+                    },
+                ),
+                column_keys=["scope", "row_count", "max_seq"],
             )
 
     def count(self, conn: Connection, scope: str, delta: int, seq: int = 0) -> None:
@@ -56,7 +59,7 @@ class RowVectors:
         transaction (every insert and delete of the table's rows goes through here)."""
         if self._count is not None:
             row = {"scope": scope, "row_count": max(delta, 0), "max_seq": seq}
-            conn.execute(self._count, {**row, "delta": delta, "seq": seq})
+            self._count.run(conn, {**row, "delta": delta, "seq": seq})
 
     def emptied(self, conn: Connection, scopes: Sequence[str]) -> None:
         """The scopes' rows were all deleted in the caller's transaction."""

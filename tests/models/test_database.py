@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
 from stored_memories import store
 
-from session_mcp.models.database import Database, sqlite_url
+from session_mcp.models.clock import from_db
+from session_mcp.models.database import Database, DriverStatement, sqlite_url
 from session_mcp.models.errors import EngineError, InvalidArgument, SessionNotFound
 from session_mcp.models.hybrid import FullText
 from session_mcp.models.layer import SessionLayer
 from session_mcp.models.migrations import migrate
-from session_mcp.models.tables import SessionRow
+from session_mcp.models.tables import MemoryRow, SessionRow
 
 _S = SessionRow.__table__  # type: ignore[attr-defined]
+_M = MemoryRow.__table__  # type: ignore[attr-defined]
 
 
 def test_a_read_transaction_sees_one_snapshot_even_while_others_commit(layer: SessionLayer) -> None:
@@ -103,6 +108,9 @@ def test_a_value_the_database_refuses_is_invalid_argument_and_changes_nothing(la
     with pytest.raises(InvalidArgument, match="refused a value"):
         layer.history.add("s", "user", "a NUL \x00 in a message")
     assert layer.history.get("s").messages == []
+    with pytest.raises(InvalidArgument, match="refused a value"):  # its insert runs on the driver
+        layer.memory.add("s", "a NUL \x00 in a memory")
+    assert layer.memory.search("s", "memory", limit=10).results == []
 
 
 def test_postgresql_plans_each_keyword_query_for_its_own_scope(postgres_url: str) -> None:
@@ -129,3 +137,54 @@ def test_postgresql_plans_each_keyword_query_for_its_own_scope(postgres_url: str
         assert (generic, custom) == (0, 13 - 5)  # prepared after its 5th run; each run since planned anew
     finally:
         db.close()
+
+
+def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_as_it_does(
+    layer: SessionLayer,
+) -> None:
+    """DriverStatement (memory_add's insert, the scope counts) bypasses SQLAlchemy's execution:
+    the values it stores must read back as those stored by conn.execute, and its errors must be
+    SQLAlchemy's, which Database.write maps."""
+    layer.sessions.create("s", "u")
+    moment = datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=UTC)
+
+    def row(n: int) -> dict[str, Any]:
+        return {
+            "memory_id": f"m{n}",
+            "scope": "long:u",
+            "session_id": "s",
+            "user_id": "u",
+            "memory_type": "long",
+            "text": f"fact {n} \u00e9\U0001f600",
+            "text_hash": f"h{n}",
+            "meta": '{"k": [1, "x"]}',
+            "created_at": moment,
+            "embedding": bytes(range(256)) * 6,
+        }
+
+    plain = insert(_M).returning(_M.c.seq)
+    on_driver = DriverStatement(plain, column_keys=list(row(0)))
+    with layer.db.write() as conn:
+        first = conn.execute(plain, row(1)).scalar_one()
+        (second,) = on_driver.run(conn, row(2))
+        assert on_driver.run(conn, row(3)) == [(second[0] + 1,)]  # the driver's own tuples
+    with layer.db.read() as conn:  # as the database holds them, not as SQLAlchemy reads them back
+        stored = {
+            r[0]: tuple(r[1:])
+            for r in conn.exec_driver_sql(
+                "SELECT memory_id, scope, session_id, user_id, memory_type, meta, created_at, "
+                "embedding FROM memories ORDER BY seq"
+            )
+        }
+    assert stored["m1"] == stored["m2"] == stored["m3"]
+    with layer.db.read() as conn:
+        created = conn.execute(select(_M.c.created_at).where(_M.c.memory_id == "m2")).scalar_one()
+    assert from_db(created) == moment
+    assert second[0] == first + 1
+    with pytest.raises(IntegrityError), layer.db.write() as conn:  # the same primary key again
+        on_driver.run(conn, {**row(4), "memory_id": "m2"})
+    with pytest.raises(IntegrityError), layer.db.write() as conn:  # and nothing of the transaction stays
+        on_driver.run(conn, row(5))
+        on_driver.run(conn, {**row(6), "memory_id": "m5"})
+    with layer.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(_M)).scalar_one() == 3
