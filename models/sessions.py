@@ -6,16 +6,17 @@ import base64
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import JsonValue
-from sqlalchemy import Connection, RowMapping, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from session_mcp.models.clock import Clock, from_db, iso, to_db
-from session_mcp.models.database import Database
+from session_mcp.models.database import Database, DriverStatement
 from session_mcp.models.errors import (
     Conflict,
     InvalidArgument,
@@ -41,8 +42,9 @@ _S = SessionRow.__table__  # type: ignore[attr-defined]
 _READ = select(_S).where(_S.c.session_id == bindparam("sid"))
 _OPEN = (_S.c.session_id == bindparam("sid"), _S.c.status == "active")
 _LIVE = or_(_S.c.expires_at.is_(None), _S.c.expires_at > bindparam("now"))
-_TOUCH = update(_S).where(*_OPEN, _LIVE).values(updated_at=bindparam("now")).returning(*_S.c)
-_TOUCH_OWNED = (
+# On the driver's cursor (DriverStatement): every write runs one of them.
+_TOUCH = DriverStatement(update(_S).where(*_OPEN, _LIVE).values(updated_at=bindparam("now")).returning(*_S.c))
+_TOUCH_OWNED = DriverStatement(
     update(_S)
     .where(*_OPEN, _LIVE, _S.c.user_id == bindparam("owner"))
     .values(updated_at=bindparam("now"))
@@ -70,7 +72,7 @@ class SessionRecord:
     message_count: int
 
     @classmethod
-    def of(cls, row: RowMapping) -> SessionRecord:
+    def of(cls, row: Mapping[Any, Any]) -> SessionRecord:
         return cls(**row)
 
 
@@ -144,7 +146,8 @@ class Sessions:
         The touch is an UPDATE, so on PostgreSQL it row-locks the session: a close and a write to
         the same session serialise, and no write commits after the close."""
         params = {"sid": session_id, "now": to_db(self.clock.now()), "owner": owner}
-        touched = conn.execute(_TOUCH if owner is None else _TOUCH_OWNED, params).mappings().first()
+        rows = (_TOUCH if owner is None else _TOUCH_OWNED).mappings(conn, params)
+        touched = rows[0] if rows else None
         if touched is None:
             row = self.readable(conn, session_id, owner)
             if row.status == "closed":

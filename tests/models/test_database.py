@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from stored_memories import store
 
@@ -181,6 +181,13 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
         created = conn.execute(select(_M.c.created_at).where(_M.c.memory_id == "m2")).scalar_one()
     assert from_db(created) == moment
     assert second[0] == first + 1
+    # Returned rows pass through their types' result processors (datetimes are text in SQLite),
+    # and values written into the statement itself (the session id here) are sent along.
+    touch = update(_S).where(_S.c.session_id == "s").values(updated_at=bindparam("now")).returning(*_S.c)
+    with layer.db.write() as conn:
+        by_sqlalchemy = dict(conn.execute(touch, {"now": moment}).mappings().one())
+        assert DriverStatement(touch).mappings(conn, {"now": moment}) == [by_sqlalchemy]
+    assert from_db(by_sqlalchemy["updated_at"]) == moment
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # the same primary key again
         on_driver.run(conn, {**row(4), "memory_id": "m2"})
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # and nothing of the transaction stays
