@@ -39,7 +39,7 @@ _S = SessionRow.__table__  # type: ignore[attr-defined]
 # Every tool call runs one of these first, so they are built once: building and cache-keying an
 # expression per call cost ~0.2 ms a statement here, executing a prebuilt one ~0.04 ms.
 # (Parameters named like a column are reserved in an UPDATE, hence `sid`.)
-_READ = select(_S).where(_S.c.session_id == bindparam("sid"))
+_READ = DriverStatement(select(_S).where(_S.c.session_id == bindparam("sid")))  # every call runs it
 _OPEN = (_S.c.session_id == bindparam("sid"), _S.c.status == "active")
 _LIVE = or_(_S.c.expires_at.is_(None), _S.c.expires_at > bindparam("now"))
 # On the driver's cursor (DriverStatement): every write runs one of them.
@@ -133,7 +133,8 @@ class Sessions:
     # -- guards used by every service -------------------------------------------------------------
 
     def readable(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRecord:
-        row = conn.execute(_READ, {"sid": session_id}).mappings().first()
+        rows = _READ.mappings(conn, {"sid": session_id})
+        row = rows[0] if rows else None
         if row is None or (owner is not None and row["user_id"] != owner):
             raise SessionNotFound(session_id)
         return SessionRecord.of(row)

@@ -188,6 +188,10 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
         by_sqlalchemy = dict(conn.execute(touch, {"now": moment}).mappings().one())
         assert DriverStatement(touch).mappings(conn, {"now": moment}) == [by_sqlalchemy]
     assert from_db(by_sqlalchemy["updated_at"]) == moment
+    read = select(_S).where(_S.c.session_id == bindparam("sid"))
+    with layer.db.read() as conn:
+        assert DriverStatement(read).mappings(conn, {"sid": "s"}) == [by_sqlalchemy]
+        assert DriverStatement(read).mappings(conn, {"sid": "none such"}) == []
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # the same primary key again
         on_driver.run(conn, {**row(4), "memory_id": "m2"})
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # and nothing of the transaction stays
