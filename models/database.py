@@ -238,6 +238,8 @@ class DriverStatement:
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled: Any = self._statement.compile(dialect=dialect, column_keys=self._column_keys)
+        if "POSTCOMPILE" in compiled.string:
+            raise TypeError("DriverStatement sends no expanding IN list; compare with == or use conn.execute")
         positional = compiled.positional
         names = tuple(compiled.positiontup) if positional else tuple(dict.fromkeys(compiled.binds))
         processors, fixed = {}, {}

@@ -17,13 +17,14 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, to_db
-from session_mcp.models.database import Database
+from session_mcp.models.database import Database, DriverStatement
 from session_mcp.models.errors import Conflict, InvalidArgument, LimitExceeded, NotNumeric, OutOfRange
 from session_mcp.models.limits import Limits
 from session_mcp.models.schemas import StateDeleted, StateSnapshot, StateValue, StateWritten
@@ -53,12 +54,16 @@ _ADD_INT = {
 }
 _AS_REAL = case((_T.c.kind == "int", _T.c.num_int * literal(1.0)), else_=_T.c.num_real)
 _ADD_REAL_OK = and_(
-    _T.c.kind.in_(["int", "real"]),
+    or_(
+        _T.c.kind == "int", _T.c.kind == "real"
+    ),  # not in_(): an expanding list, which DriverStatement cannot send
     _AS_REAL.between(bindparam("real_lo", type_=Float), bindparam("real_hi", type_=Float)),
 )
 _ADD_REAL = {"kind": literal("real"), "num_int": None, "num_real": _AS_REAL + _N_REAL}
-_ROW = select(_T).where(_T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k"))
-_KEYS = select(func.count()).where(_T.c.session_id == bindparam("sid"))
+# On the driver's cursor (DriverStatement), as the upserts below: state_get, state_set and
+# state_increment run them.
+_ROW = DriverStatement(select(_T).where(_T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k")))
+_KEYS = DriverStatement(select(func.count()).where(_T.c.session_id == bindparam("sid")))
 _ALL = select(_T).where(_T.c.session_id == bindparam("sid")).order_by(_T.c.key)
 _DELETE = delete(_T).where(_T.c.session_id == bindparam("sid"), _T.c.key == bindparam("k"))
 _COMPARE_AND_SET = (
@@ -82,16 +87,25 @@ def _upserts() -> dict[str, dict[str, Any]]:
         save = new.on_conflict_do_update(
             index_elements=keys, set_={**{c: new.excluded[c] for c in _VALUE}, **bump}
         )
+        one = [c.name for c in keys] + [*_VALUE, "version", "updated_at"]  # a row's columns
         by_dialect[name] = {
-            "set": save.returning(_T.c.version),
-            "save": save,  # executemany: no RETURNING
-            "create": new.on_conflict_do_nothing(index_elements=keys).returning(_T.c.version),
-            "add_int": new.on_conflict_do_update(
-                index_elements=keys, set_={**_ADD_INT, **bump}, where=_ADD_INT_OK
-            ).returning(_T.c.kind, _T.c.num_int, _T.c.num_real, _T.c.version),
-            "add_real": new.on_conflict_do_update(
-                index_elements=keys, set_={**_ADD_REAL, **bump}, where=_ADD_REAL_OK
-            ).returning(_T.c.kind, _T.c.num_int, _T.c.num_real, _T.c.version),
+            "set": DriverStatement(save.returning(_T.c.version), one),
+            "save": save,  # executemany (conn.execute): no RETURNING
+            "create": DriverStatement(
+                new.on_conflict_do_nothing(index_elements=keys).returning(_T.c.version), one
+            ),
+            "add_int": DriverStatement(
+                new.on_conflict_do_update(
+                    index_elements=keys, set_={**_ADD_INT, **bump}, where=_ADD_INT_OK
+                ).returning(_T.c.kind, _T.c.num_int, _T.c.num_real, _T.c.version),
+                one,
+            ),
+            "add_real": DriverStatement(
+                new.on_conflict_do_update(
+                    index_elements=keys, set_={**_ADD_REAL, **bump}, where=_ADD_REAL_OK
+                ).returning(_T.c.kind, _T.c.num_int, _T.c.num_real, _T.c.version),
+                one,
+            ),
         }
     return by_dialect
 
@@ -184,7 +198,7 @@ class State:
                 self._check_key_room(conn, session_id, key)
                 stmt = self._upsert("set" if expected_version is None else "create")
                 row = {"session_id": session_id, "key": key, "version": 1, "updated_at": now, **cols}
-                written = conn.execute(stmt, row).first()
+                written = next(iter(stmt.run(conn, row)), None)
             else:
                 where = {"sid": session_id, "k": key, "expected": expected_version}
                 written = conn.execute(_COMPARE_AND_SET, {**where, **cols, "updated_at": now}).first()
@@ -238,7 +252,7 @@ class State:
         with self.db.write() as conn:
             self.sessions.writable(conn, session_id, owner)
             self._check_key_room(conn, session_id, key)
-            row = conn.execute(stmt, params).mappings().first()
+            row = next(iter(stmt.mappings(conn, params)), None)
             if row is None:
                 self._explain_refusal(conn, session_id, key, increment)
         return StateWritten(key=key, value=value_of(row), version=row["version"])
@@ -288,12 +302,12 @@ class State:
         return StateSnapshot(state=state)
 
     def _row(self, conn: Connection, session_id: str, key: str) -> Any:
-        return conn.execute(_ROW, {"sid": session_id, "k": key}).mappings().first()
+        return next(iter(_ROW.mappings(conn, {"sid": session_id, "k": key})), None)
 
     def _check_key_room(self, conn: Connection, session_id: str, key: str) -> None:
         if self._row(conn, session_id, key) is not None:
             return
-        count = conn.execute(_KEYS, {"sid": session_id}).scalar_one()
+        ((count,),) = _KEYS.run(conn, {"sid": session_id})
         if count >= self.limits.max_keys_per_session:
             raise LimitExceeded(
                 f"session '{session_id}' already has {count} state keys, the limit; "

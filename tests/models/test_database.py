@@ -192,6 +192,8 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
     with layer.db.read() as conn:
         assert DriverStatement(read).mappings(conn, {"sid": "s"}) == [by_sqlalchemy]
         assert DriverStatement(read).mappings(conn, {"sid": "none such"}) == []
+        with pytest.raises(TypeError, match="expanding IN"):  # a list it would send wrongly
+            DriverStatement(select(_S).where(_S.c.status.in_(["active", "closed"]))).run(conn, {})
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # the same primary key again
         on_driver.run(conn, {**row(4), "memory_id": "m2"})
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # and nothing of the transaction stays
