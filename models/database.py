@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event
+from sqlalchemy import ClauseElement, Connection, Engine, bindparam, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, DisconnectionError, OperationalError
 
@@ -194,7 +194,9 @@ class DriverStatement:
     runs 99 against 26 us, and the session read every other call runs 45 against 15 us. The statement is compiled once per dialect; each value passes through
     its column type's own bind processor, and each returned value through its result processor,
     as `conn.execute` would, so what is stored and read is the same. Driver errors are raised as
-    SQLAlchemy raises them (OperationalError, DataError, ...), which is what Database.write maps."""
+    SQLAlchemy raises them (OperationalError, DataError, ...), which is what Database.write maps.
+    Listeners of the engine's `before_cursor_execute` and `after_cursor_execute` events are called
+    as for any statement (their return values are not used; there is no execution context)."""
 
     def __init__(self, statement: ClauseElement, column_keys: Sequence[str] | None = None) -> None:
         self._statement = statement
@@ -218,8 +220,13 @@ class DriverStatement:
         compiled = self._compiled.get(dialect.name) or self._compile(dialect)
         arguments = compiled.arguments(params)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        events = conn.dispatch  # listeners on cursor execution (tracing, tests) still see it
         try:
+            if events.before_cursor_execute:
+                events.before_cursor_execute(conn, cursor, compiled.sql, arguments, None, False)
             cursor.execute(compiled.sql, arguments)
+            if events.after_cursor_execute:
+                events.after_cursor_execute(conn, cursor, compiled.sql, arguments, None, False)
             if not cursor.description:
                 return [], []
             names, processors = self._results.get(dialect.name) or self._result_processors(dialect, cursor)
@@ -260,15 +267,57 @@ class DriverStatement:
         """The returned columns' names and their types' result processors, from the statement's
         columns (a SELECT's, or a RETURNING's) and the driver's description of the first result
         (some processors use it)."""
-        columns = getattr(self._statement, "returning_column_descriptions", None) or getattr(
-            self._statement, "column_descriptions", None
-        )
+        returning = getattr(self._statement, "returning_column_descriptions", None)
+        selected = getattr(self._statement, "selected_columns", None)
+        if returning:
+            columns = [(column["name"], column["type"]) for column in returning]
+        elif selected is not None:  # a SELECT, or text() given its columns
+            columns = [(column.key, column.type) for column in selected]
+        else:
+            columns = []
         if not columns or len(columns) != len(cursor.description):
             raise TypeError("DriverStatement reads rows only of a SELECT or a RETURNING of table columns")
-        names = [column["name"] for column in columns]
+        names = [name for name, _ in columns]
         processors = [
-            column["type"].dialect_impl(dialect).result_processor(dialect, described[1])
-            for column, described in zip(columns, cursor.description, strict=True)
+            kind.dialect_impl(dialect).result_processor(dialect, described[1])
+            for (_, kind), described in zip(columns, cursor.description, strict=True)
         ]
         self._results[dialect.name] = (names, processors)
         return names, processors
+
+
+def listed(name: str, n: int) -> list[Any]:
+    """Bind parameters `name_0` ... for a list of n values, in a statement a ListStatement builds."""
+    return [bindparam(f"{name}_{i}") for i in range(n)]
+
+
+class ListStatement:
+    """A statement with list parameters (an IN list of scopes, say), run as a DriverStatement built
+    for each combination of the lists' lengths: `build(**{list name: length})` writes the lists
+    with `listed`. SQLAlchemy's expanding parameters would send them, but only via `conn.execute`:
+    the scope counts every search reads took 65 us that way and 10 us on the driver, the row fetch
+    of a 5-result search 109 against 59 us (measured in a read transaction)."""
+
+    def __init__(self, build: Callable[..., ClauseElement], *lists: str) -> None:
+        self._build = build
+        self._lists = lists
+        self._made: dict[tuple[int, ...], DriverStatement] = {}
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        statement, flat = self._for(params)
+        return statement.run(conn, flat)
+
+    def mappings(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        statement, flat = self._for(params)
+        return statement.mappings(conn, flat)
+
+    def _for(self, params: Mapping[str, Any]) -> tuple[DriverStatement, dict[str, Any]]:
+        lengths = tuple(len(params[name]) for name in self._lists)
+        statement = self._made.get(lengths)
+        if statement is None:
+            statement = DriverStatement(self._build(**dict(zip(self._lists, lengths, strict=True))))
+            self._made[lengths] = statement
+        flat = {name: value for name, value in params.items() if name not in self._lists}
+        for name in self._lists:
+            flat.update((f"{name}_{i}", value) for i, value in enumerate(params[name]))
+        return statement, flat

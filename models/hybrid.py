@@ -10,12 +10,27 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, RowMapping, TextClause, bindparam, text
+from sqlalchemy import Connection, Float, Integer, TextClause, TextualSelect, column, text
 
+from session_mcp.models.database import DriverStatement, ListStatement
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ranking import fts5_query, fuse, keywords
 from session_mcp.models.rowvectors import RowReader, RowVectors
 from session_mcp.models.vectors import ScopedVectors
+
+_CUSTOM_PLAN = DriverStatement(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+def _listing_scopes(sql: str) -> ListStatement:
+    """A keyword query whose `IN :scopes` lists each scope as a parameter of its own."""
+
+    def build(scopes: int) -> TextualSelect:
+        listed = ", ".join(f":scopes_{i}" for i in range(scopes))
+        return text(sql.replace("IN :scopes", f"IN ({listed})")).columns(
+            column("seq", Integer), column("score", Float)
+        )
+
+    return ListStatement(build, "scopes")
 
 
 @dataclass(frozen=True)
@@ -26,8 +41,9 @@ class FullText:
     table: str
 
     @functools.cached_property
-    def _queries(self) -> dict[str, TextClause]:
-        """The keyword query per dialect, built once (see sessions.py), one for all scopes."""
+    def _queries(self) -> dict[str, ListStatement]:
+        """The keyword query per dialect, built once per number of scopes (see sessions.py), on the
+        driver's cursor (ListStatement)."""
         fts = f"{self.table}_fts"
         queries = {
             # Ordered by bm25() of the text column (the scope tag's weighs 0), not by FTS5's `rank`:
@@ -36,17 +52,17 @@ class FullText:
             # memories beside another's 100k: 2.4 against 10.1 ms per query here; 0.82 against
             # 0.81 ms for one user's 10k). INDEXED BY: the planner would look each match up in
             # the wide table (migration 8).
-            "sqlite": text(
+            "sqlite": (
                 f"SELECT r.seq, -bm25({fts}, 1.0, 0.0) AS score FROM {fts} "
                 f"JOIN {self.table} r INDEXED BY ix_{self.table}_seq_scope ON r.seq = {fts}.rowid "
                 f"WHERE {fts} MATCH :q AND r.scope IN :scopes ORDER BY score DESC LIMIT :k"
             ),
-            "postgresql": text(
+            "postgresql": (
                 f"SELECT seq, ts_rank(tsv, q, 1) FROM {self.table}, websearch_to_tsquery('english', :q) q "
                 "WHERE scope IN :scopes AND tsv @@ q ORDER BY 2 DESC LIMIT :k"
             ),
         }
-        return {name: q.bindparams(bindparam("scopes", expanding=True)) for name, q in queries.items()}
+        return {name: _listing_scopes(sql) for name, sql in queries.items()}
 
     @functools.cached_property
     def _highest_seq(self) -> TextClause:
@@ -76,9 +92,9 @@ class FullText:
             # of a round trip: a search over stdio took 1.025x and 1.055x as long (single user,
             # bench/stdio_ab.py both ways round); set for every statement of the connection, it
             # cost every call 3-7%.
-            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+            _CUSTOM_PLAN.run(conn, {})
         params: dict[str, Any] = {"q": query, "scopes": scopes, "k": k * len(scopes)}
-        return {int(seq): float(score) for seq, score in conn.execute(self._queries[dialect], params)}
+        return {int(seq): float(score) for seq, score in self._queries[dialect].run(conn, params)}
 
     def _names_scopes(self, conn: Connection, rows: int | None, highest: int | None) -> bool:
         """Whether the MATCH should name the scopes: when they hold under half of the table's rows
@@ -93,9 +109,9 @@ class FullText:
         return rows * 2 < int(highest or 0)
 
 
-Fetch = Callable[[Connection, list[int], list[str]], Mapping[int, RowMapping]]
+Fetch = Callable[[Connection, list[int], list[str]], Mapping[int, Mapping[str, Any]]]
 """A store's row fetch: the rows of these seqs that lie within these scopes, by seq."""
-Found = list[tuple[RowMapping, float]]
+Found = list[tuple[Mapping[str, Any], float]]
 
 
 def candidates(limit: int) -> int:

@@ -18,11 +18,11 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, Row, RowMapping, bindparam, delete, select, update
+from sqlalchemy import Connection, Row, delete, select, update
 
 from session_mcp.models.chunking import Chunker
 from session_mcp.models.clock import Clock, from_db, to_db
-from session_mcp.models.database import Database
+from session_mcp.models.database import Database, ListStatement, listed
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import (
     DocumentNotFound,
@@ -71,12 +71,14 @@ _C = ChunkRow.__table__  # type: ignore[attr-defined]
 _WEIGHTS: dict[str, float] = {"hybrid": DENSE_WEIGHT, "vector": 1.0, "keyword": 0.0}
 """The vector side's share of each search mode's fused score."""
 # A hit's columns, without the embedding; built once (see sessions.py).
-_HITS = (
-    select(*(c for c in _C.c if c.name != "embedding"), _D.c.source, _D.c.title)
-    .join(_D, _D.c.document_id == _C.c.document_id)
-    .where(
-        _C.c.seq.in_(bindparam("seqs", expanding=True)), _C.c.scope.in_(bindparam("scopes", expanding=True))
-    )
+_HITS = ListStatement(
+    lambda seqs, scopes: (
+        select(*(c for c in _C.c if c.name != "embedding"), _D.c.source, _D.c.title)
+        .join(_D, _D.c.document_id == _C.c.document_id)
+        .where(_C.c.seq.in_(listed("seqs", seqs)), _C.c.scope.in_(listed("scopes", scopes)))
+    ),
+    "seqs",
+    "scopes",
 )
 SearchMode = Literal["hybrid", "vector", "keyword"]
 Progress = Callable[[float, float | None, str], None]
@@ -367,8 +369,8 @@ class Knowledge:
         ]
 
     @staticmethod
-    def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, RowMapping]:
-        found = conn.execute(_HITS, {"seqs": seqs, "scopes": scopes}).mappings()
+    def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, dict[str, Any]]:
+        found = _HITS.mappings(conn, {"seqs": seqs, "scopes": scopes})
         return {int(r["seq"]): r for r in found}
 
     # -- list and delete --------------------------------------------------------------------------

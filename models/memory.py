@@ -6,16 +6,16 @@ import hashlib
 import json
 import unicodedata
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from sqlalchemy import Connection, RowMapping, bindparam, delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from session_mcp.models.clock import Clock, from_db, to_db
-from session_mcp.models.database import Database, DriverStatement
+from session_mcp.models.database import Database, DriverStatement, ListStatement, listed
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
 from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
@@ -60,8 +60,12 @@ _ADD = {
 }
 _SAME_TEXT = select(_M.c.memory_id).where(_M.c.scope == bindparam("s"), _M.c.text_hash == bindparam("h"))
 _HIT = (_M.c.seq, _M.c.memory_id, _M.c.text, _M.c.memory_type, _M.c.meta, _M.c.created_at)
-_HITS = select(*_HIT).where(
-    _M.c.seq.in_(bindparam("seqs", expanding=True)), _M.c.scope.in_(bindparam("scopes", expanding=True))
+_HITS = ListStatement(
+    lambda seqs, scopes: select(*_HIT).where(
+        _M.c.seq.in_(listed("seqs", seqs)), _M.c.scope.in_(listed("scopes", scopes))
+    ),
+    "seqs",
+    "scopes",
 )
 
 
@@ -185,8 +189,8 @@ class Memory:
         ]
 
     @staticmethod
-    def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, RowMapping]:
-        found = conn.execute(_HITS, {"seqs": seqs, "scopes": scopes}).mappings()
+    def _rows(conn: Connection, seqs: list[int], scopes: list[str]) -> dict[int, dict[str, Any]]:
+        found = _HITS.mappings(conn, {"seqs": seqs, "scopes": scopes})
         return {int(r["seq"]): r for r in found}
 
     def delete(self, session_id: str, memory_id: str, *, owner: str | None = None) -> MemoryDeleted:

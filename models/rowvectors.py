@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from session_mcp.models.database import Database, DriverStatement
+from session_mcp.models.database import Database, DriverStatement, ListStatement, listed
 
 
 class RowVectors:
@@ -25,13 +25,20 @@ class RowVectors:
         self.table = table
         self.counts = counts
         # Every search and write runs these, so they are built once (see sessions.py).
-        scopes: Any = bindparam("scopes", expanding=True)
         r = table.c
-        self._stats: Any = (
-            select(r.scope, func.max(r.seq), func.count()).where(r.scope.in_(scopes)).group_by(r.scope)
+        self._stats = ListStatement(
+            lambda scopes: (
+                select(r.scope, func.max(r.seq), func.count())
+                .where(r.scope.in_(listed("scopes", scopes)))
+                .group_by(r.scope)
+            ),
+            "scopes",
         )
-        self._vectors: Any = select(r.seq, r.embedding).where(
-            r.scope == bindparam("scope"), r.seq.in_(bindparam("seqs", expanding=True))
+        self._vectors = ListStatement(
+            lambda seqs: select(r.seq, r.embedding).where(
+                r.scope == bindparam("scope"), r.seq.in_(listed("seqs", seqs))
+            ),
+            "seqs",
         )
         self._count: Any = None
         if counts is not None:
@@ -39,7 +46,12 @@ class RowVectors:
             # With the table's highest seq: the keyword query's form depends on it (hybrid.py), and
             # here it costs no statement of its own.
             highest = select(func.max(r.seq)).scalar_subquery()
-            self._stats = select(c.scope, c.max_seq, c.row_count, highest).where(c.scope.in_(scopes))
+            self._stats = ListStatement(
+                lambda scopes: select(c.scope, c.max_seq, c.row_count, highest).where(
+                    c.scope.in_(listed("scopes", scopes))
+                ),
+                "scopes",
+            )
             insert = sqlite.insert(counts) if db.is_sqlite else postgresql.insert(counts)
             delta: Any = bindparam("delta")
             seq: Any = bindparam("seq")
@@ -99,7 +111,7 @@ class RowReader:
 
     def _read_stats(self, scopes: list[str]) -> dict[str, tuple[int, int]]:
         found: dict[str, tuple[int, int]] = dict.fromkeys(scopes, (0, 0))
-        for scope, max_seq, count, *highest in self._conn.execute(self._rows._stats, {"scopes": scopes}):
+        for scope, max_seq, count, *highest in self._rows._stats.run(self._conn, {"scopes": scopes}):
             found[scope] = (int(max_seq or 0), int(count))
             if highest:
                 self.highest = int(highest[0] or 0)
@@ -128,5 +140,5 @@ class RowReader:
     def vectors(self, scope: str, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
         if not seqs:
             return []
-        found = self._conn.execute(self._rows._vectors, {"scope": scope, "seqs": list(seqs)})
+        found = self._rows._vectors.run(self._conn, {"scope": scope, "seqs": list(seqs)})
         return [(int(seq), bytes(vector)) for seq, vector in found]

@@ -9,12 +9,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from stored_memories import store
 
 from session_mcp.models.clock import from_db
-from session_mcp.models.database import Database, DriverStatement, sqlite_url
+from session_mcp.models.database import Database, DriverStatement, ListStatement, listed, sqlite_url
 from session_mcp.models.errors import EngineError, InvalidArgument, SessionNotFound
 from session_mcp.models.hybrid import FullText
 from session_mcp.models.layer import SessionLayer
@@ -194,6 +194,18 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
         assert DriverStatement(read).mappings(conn, {"sid": "none such"}) == []
         with pytest.raises(TypeError, match="expanding IN"):  # a list it would send wrongly
             DriverStatement(select(_S).where(_S.c.status.in_(["active", "closed"]))).run(conn, {})
+    seen: list[str] = []
+
+    def listener(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(layer.db.engine, "before_cursor_execute", listener)  # tracing still sees it
+    try:
+        with layer.db.read() as conn:
+            DriverStatement(read).mappings(conn, {"sid": "s"})
+    finally:
+        event.remove(layer.db.engine, "before_cursor_execute", listener)
+    assert any(s.startswith("SELECT sessions.session_id") for s in seen)
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # the same primary key again
         on_driver.run(conn, {**row(4), "memory_id": "m2"})
     with pytest.raises(IntegrityError), layer.db.write() as conn:  # and nothing of the transaction stays
@@ -201,3 +213,24 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
         on_driver.run(conn, {**row(6), "memory_id": "m5"})
     with layer.db.read() as conn:
         assert conn.execute(select(func.count()).select_from(_M)).scalar_one() == 3
+
+
+def test_a_list_statement_answers_as_an_expanding_list_for_every_length(layer: SessionLayer) -> None:
+    """ListStatement builds one driver statement per list length; each answers as SQLAlchemy's
+    expanding IN list does, lists of different lengths side by side."""
+    for n in range(5):
+        layer.sessions.create(f"s{n}", f"u{n % 2}")
+    expanding = select(_S.c.session_id, _S.c.created_at).where(
+        _S.c.session_id.in_(bindparam("ids", expanding=True)), _S.c.user_id == bindparam("user")
+    )
+    listing = ListStatement(
+        lambda ids: select(_S.c.session_id, _S.c.created_at).where(
+            _S.c.session_id.in_(listed("ids", ids)), _S.c.user_id == bindparam("user")
+        ),
+        "ids",
+    )
+    with layer.db.read() as conn:
+        for ids in (["s0"], ["s1", "s2", "nope"], ["s0", "s1", "s2", "s3", "s4"], ["s4", "s3"], ["s0"]):
+            for user in ("u0", "u1"):
+                want = sorted(tuple(r) for r in conn.execute(expanding, {"ids": ids, "user": user}))
+                assert sorted(listing.run(conn, {"ids": ids, "user": user})) == want
