@@ -1,10 +1,13 @@
-"""The SQL engine: URL handling, SQLite pragmas, and read and write transactions."""
+"""The SQL engine: URL handling, SQLite pragmas, read and write transactions, and the hottest
+statements run straight on the driver's cursor."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -189,11 +192,12 @@ class DriverStatement:
     """A statement built once and run straight on the driver's cursor, for the hottest calls.
 
     `conn.execute` spends time outside the database on every call (an execution context, result
-    set-up, events). Measured here in a write transaction, against the driver's cursor: memory_add's
-    insert 165 against 63 us, the scope-count upsert 46 against 3 us, the session touch every write
-    runs 99 against 26 us, and the session read every other call runs 45 against 15 us. The statement is compiled once per dialect; each value passes through
-    its column type's own bind processor, and each returned value through its result processor,
-    as `conn.execute` would, so what is stored and read is the same. Driver errors are raised as
+    set-up, events). Measured here, against the driver's cursor: memory_add's insert 165 against
+    63 us, the scope-count upsert 46 against 3 us, the session touch every write runs 99 against
+    26 us, and the session read every other call runs 45 against 15 us. The statement is compiled
+    once per dialect; each value passes through its column type's own bind processor, and each
+    returned value through its result processor, as `conn.execute` would, so what is stored and
+    read is the same. Driver errors are raised as
     SQLAlchemy raises them (OperationalError, DataError, ...), which is what Database.write maps.
     Listeners of the engine's `before_cursor_execute` and `after_cursor_execute` events are called
     as for any statement (their return values are not used; there is no execution context)."""
@@ -296,12 +300,16 @@ class ListStatement:
     for each combination of the lists' lengths: `build(**{list name: length})` writes the lists
     with `listed`. SQLAlchemy's expanding parameters would send them, but only via `conn.execute`:
     the scope counts every search reads took 65 us that way and 10 us on the driver, the row fetch
-    of a 5-result search 109 against 59 us (measured in a read transaction)."""
+    of a 5-result search 109 against 59 us (measured in a read transaction). The `kept` most
+    recently used lengths stay built: a search's row fetch has one per number of hits, up to twice
+    its limit, and one of 200 parameters, compiled, held 70 KB (tracemalloc)."""
 
-    def __init__(self, build: Callable[..., ClauseElement], *lists: str) -> None:
+    def __init__(self, build: Callable[..., ClauseElement], *lists: str, kept: int = 32) -> None:
         self._build = build
         self._lists = lists
-        self._made: dict[tuple[int, ...], DriverStatement] = {}
+        self._kept = kept
+        self._made: OrderedDict[tuple[int, ...], DriverStatement] = OrderedDict()
+        self._lock = threading.Lock()
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         statement, flat = self._for(params)
@@ -313,10 +321,15 @@ class ListStatement:
 
     def _for(self, params: Mapping[str, Any]) -> tuple[DriverStatement, dict[str, Any]]:
         lengths = tuple(len(params[name]) for name in self._lists)
-        statement = self._made.get(lengths)
-        if statement is None:
-            statement = DriverStatement(self._build(**dict(zip(self._lists, lengths, strict=True))))
-            self._made[lengths] = statement
+        with self._lock:
+            statement = self._made.get(lengths)
+            if statement is None:
+                statement = DriverStatement(self._build(**dict(zip(self._lists, lengths, strict=True))))
+                self._made[lengths] = statement
+                if len(self._made) > self._kept:
+                    self._made.popitem(last=False)
+            else:
+                self._made.move_to_end(lengths)
         flat = {name: value for name, value in params.items() if name not in self._lists}
         for name in self._lists:
             flat.update((f"{name}_{i}", value) for i, value in enumerate(params[name]))

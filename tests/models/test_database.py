@@ -217,7 +217,8 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
 
 def test_a_list_statement_answers_as_an_expanding_list_for_every_length(layer: SessionLayer) -> None:
     """ListStatement builds one driver statement per list length; each answers as SQLAlchemy's
-    expanding IN list does, lists of different lengths side by side."""
+    expanding IN list does, lists of different lengths side by side, and only the most recently
+    used lengths stay built."""
     for n in range(5):
         layer.sessions.create(f"s{n}", f"u{n % 2}")
     expanding = select(_S.c.session_id, _S.c.created_at).where(
@@ -228,9 +229,11 @@ def test_a_list_statement_answers_as_an_expanding_list_for_every_length(layer: S
             _S.c.session_id.in_(listed("ids", ids)), _S.c.user_id == bindparam("user")
         ),
         "ids",
+        kept=2,  # lengths past the two most recent are built again when they come back
     )
     with layer.db.read() as conn:
         for ids in (["s0"], ["s1", "s2", "nope"], ["s0", "s1", "s2", "s3", "s4"], ["s4", "s3"], ["s0"]):
             for user in ("u0", "u1"):
                 want = sorted(tuple(r) for r in conn.execute(expanding, {"ids": ids, "user": user}))
                 assert sorted(listing.run(conn, {"ids": ids, "user": user})) == want
+            assert len(listing._made) <= 2
