@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import queue
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import RowMapping, bindparam, select
 
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.history import Histories
-from session_mcp.models.hybrid import Reading
+from session_mcp.models.hybrid import Hybrid, Reading, Scanned
 from session_mcp.models.knowledge import Knowledge, scopes_of
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import Memory, clean_text, scope_of
@@ -89,28 +93,57 @@ class Contexts:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         budget = min(max_tokens, self.limits.context_max_tokens)
         with self.db.read() as conn:  # one snapshot for every section
+            # Each section's scopes, once read() has caught their vector caches up: this thread
+            # scans them while read() goes on with the next section's full text (as Hybrid.answer).
+            handoff: queue.SimpleQueue[tuple[str, Hybrid, list[str]] | None] = queue.SimpleQueue()
+
+            def caught_up(name: str, hybrid: Hybrid) -> Callable[[list[str]], None]:
+                return lambda scopes: handoff.put((name, hybrid, scopes))
 
             def read() -> _Read:  # on a batch thread, while this one embeds the query (once, for all)
-                session = self.sessions.local(conn, session_id, owner)
-                state_rows = list(conn.execute(_STATE, {"sid": session_id}).mappings())
-                messages = self.histories.recent(conn, session_id, None, max_items)
-                memory = {
-                    name: self.memory.read(conn, [scope_of(memory_type, session)], cleaned, max_items)
-                    for name, memory_type in _MEMORY_SECTIONS
-                }
-                knowledge = None
-                if self.knowledge is not None and not session.agent_url:
-                    knowledge = self.knowledge.read(conn, scopes_of(session), cleaned, max_items)
-                return _Read(state_rows, messages, memory, knowledge)
+                try:
+                    session = self.sessions.local(conn, session_id, owner)
+                    state_rows = list(conn.execute(_STATE, {"sid": session_id}).mappings())
+                    messages = self.histories.recent(conn, session_id, None, max_items)
+                    memory = {
+                        name: self.memory.read(
+                            conn,
+                            [scope_of(memory_type, session)],
+                            cleaned,
+                            max_items,
+                            caught_up(name, self.memory.hybrid),
+                        )
+                        for name, memory_type in _MEMORY_SECTIONS
+                    }
+                    knowledge = None
+                    if self.knowledge is not None and not session.agent_url:
+                        knowledge = self.knowledge.read(
+                            conn,
+                            scopes_of(session),
+                            cleaned,
+                            max_items,
+                            caught_up("knowledge", self.knowledge.hybrid),
+                        )
+                    return _Read(state_rows, messages, memory, knowledge)
+                finally:
+                    handoff.put(None)
 
-            vector, got = self.embedder.embed_beside(cleaned, read)
+            def embed_and_scan() -> tuple[NDArray[np.float32], dict[str, Scanned]]:
+                vector = self.embedder.embed_one(cleaned)
+                scanned: dict[str, Scanned] = {}
+                while (ready := handoff.get()) is not None:
+                    name, hybrid, scopes = ready
+                    scanned[name] = hybrid.scan(scopes, vector, max_items)
+                return vector, scanned
+
+            (vector, scanned), got = self.embedder.beside(read, embed_and_scan)
             sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
             for name, reading in got.memory.items():
-                for hit in self.memory.finish(conn, reading, vector):
+                for hit in self.memory.finish(conn, reading, vector, scanned.get(name)):
                     item = ContextItem(section=name, source_id=hit.memory_id, text=hit.text, score=hit.score)  # type: ignore[arg-type]
                     sections[name].append(_Candidate(item, f"- {hit.text}"))
             if got.knowledge is not None and self.knowledge is not None:
-                for passage in self.knowledge.finish(conn, got.knowledge, vector):
+                for passage in self.knowledge.finish(conn, got.knowledge, vector, scanned.get("knowledge")):
                     where = (
                         f"{passage.title}, p. {passage.page}" if passage.page is not None else passage.title
                     )

@@ -112,6 +112,8 @@ class FullText:
 Fetch = Callable[[Connection, list[int], list[str]], Mapping[int, Mapping[str, Any]]]
 """A store's row fetch: the rows of these seqs that lie within these scopes, by seq."""
 Found = list[tuple[Mapping[str, Any], float]]
+Scanned = dict[str, list[tuple[int, float]]]
+"""A search's vector results found early, by scope (`Hybrid.scan`)."""
 
 
 def candidates(limit: int) -> int:
@@ -179,7 +181,7 @@ class Hybrid:
         reading: Reading,
         vector: NDArray[np.float32] | None,
         fetch: Fetch,
-        scanned: Mapping[str, list[tuple[int, float]]] | None = None,
+        scanned: Scanned | None = None,
     ) -> Found:
         """The best `limit` (row, score) pairs, best first: the vector caches (caught up to the
         reading's snapshot) searched with the query's vector, fused with the full-text scores, and
@@ -198,6 +200,13 @@ class Hybrid:
         ranked = fuse(dense, reading.keyword, reading.dense_weight)[: reading.limit * 2]
         rows = fetch(conn, [seq for seq, _ in ranked], reading.scopes) if ranked else {}
         return [(rows[seq], score) for seq, score in ranked if seq in rows][: reading.limit]
+
+    def scan(self, scopes: list[str], vector: NDArray[np.float32], limit: int) -> Scanned:
+        """The vector side of a search of these scopes, as far as their caches can give it without
+        the database (`ScopedVectors.held`): for `finish`, after `read` has caught them up."""
+        k = candidates(limit)
+        found = {scope: self.vectors.held(scope, vector, k) for scope in scopes}
+        return {scope: hits for scope, hits in found.items() if hits is not None}
 
     def answer(
         self,
@@ -231,12 +240,9 @@ class Hybrid:
             finally:
                 handoff.put(None)  # a read that failed first hands off nothing
 
-        def embed_and_scan() -> tuple[NDArray[np.float32], dict[str, list[tuple[int, float]]]]:
+        def embed_and_scan() -> tuple[NDArray[np.float32], Scanned]:
             vector = self.embedder.embed_one(query)
-            ready = handoff.get()
-            k = candidates(limit)
-            found = {scope: self.vectors.held(scope, vector, k) for scope in ready or []}
-            return vector, {scope: hits for scope, hits in found.items() if hits is not None}
+            return vector, self.scan(handoff.get() or [], vector, limit)
 
         (vector, scanned), reading = self.embedder.beside(read_and_hand_off, embed_and_scan)
         return self.finish(conn, reading, vector, fetch, scanned)

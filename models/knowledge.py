@@ -32,7 +32,7 @@ from session_mcp.models.errors import (
     SessionError,
     SessionExpired,
 )
-from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
+from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading, Scanned
 from session_mcp.models.ingestion import (
     Fetch,
     Kind,
@@ -343,13 +343,23 @@ class Knowledge:
             found = self.hybrid.answer(conn, scopes, cleaned, limit, _WEIGHTS[mode], self._rows)
         return KnowledgeResults(results=self._hits(found))
 
-    def read(self, conn: Connection, scopes: list[str], query: str, limit: int) -> Reading:
-        """A hybrid search's SQL that needs no vector, inside the caller's transaction (get_context)."""
-        return self.hybrid.read(conn, scopes, query, limit, _WEIGHTS["hybrid"])
+    def read(
+        self,
+        conn: Connection,
+        scopes: list[str],
+        query: str,
+        limit: int,
+        caught_up: Callable[[list[str]], None] | None = None,
+    ) -> Reading:
+        """A hybrid search's SQL that needs no vector, inside the caller's transaction
+        (get_context); `caught_up` as for Hybrid.read."""
+        return self.hybrid.read(conn, scopes, query, limit, _WEIGHTS["hybrid"], caught_up)
 
-    def finish(self, conn: Connection, reading: Reading, vector: NDArray[np.float32]) -> list[KnowledgeHit]:
-        """The rest of the search `read` began, with the query's vector."""
-        return self._hits(self.hybrid.finish(conn, reading, vector, self._rows))
+    def finish(
+        self, conn: Connection, reading: Reading, vector: NDArray[np.float32], scanned: Scanned | None = None
+    ) -> list[KnowledgeHit]:
+        """The rest of the search `read` began, with the query's vector (and `Hybrid.scan`'s)."""
+        return self._hits(self.hybrid.finish(conn, reading, vector, self._rows, scanned))
 
     @staticmethod
     def _hits(found: Found) -> list[KnowledgeHit]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import unicodedata
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +19,7 @@ from session_mcp.models.clock import Clock, from_db, to_db
 from session_mcp.models.database import Database, DriverStatement, ListStatement, listed
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotFound
-from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading
+from session_mcp.models.hybrid import Found, FullText, Hybrid, Reading, Scanned
 from session_mcp.models.limits import Limits
 from session_mcp.models.ranking import DENSE_WEIGHT
 from session_mcp.models.rowvectors import RowVectors
@@ -166,13 +167,23 @@ class Memory:
             found = self.hybrid.answer(conn, scopes, cleaned, limit, self.dense_weight, self._rows)
         return MemoryResults(results=self._hits(found))
 
-    def read(self, conn: Connection, scopes: list[str], query: str, limit: int) -> Reading:
-        """A search's SQL that needs no vector, inside the caller's transaction (get_context)."""
-        return self.hybrid.read(conn, scopes, query, limit, self.dense_weight)
+    def read(
+        self,
+        conn: Connection,
+        scopes: list[str],
+        query: str,
+        limit: int,
+        caught_up: Callable[[list[str]], None] | None = None,
+    ) -> Reading:
+        """A search's SQL that needs no vector, inside the caller's transaction (get_context);
+        `caught_up` as for Hybrid.read."""
+        return self.hybrid.read(conn, scopes, query, limit, self.dense_weight, caught_up)
 
-    def finish(self, conn: Connection, reading: Reading, vector: NDArray[np.float32]) -> list[MemoryHit]:
-        """The rest of the search `read` began, with the query's vector."""
-        return self._hits(self.hybrid.finish(conn, reading, vector, self._rows))
+    def finish(
+        self, conn: Connection, reading: Reading, vector: NDArray[np.float32], scanned: Scanned | None = None
+    ) -> list[MemoryHit]:
+        """The rest of the search `read` began, with the query's vector (and `Hybrid.scan`'s)."""
+        return self._hits(self.hybrid.finish(conn, reading, vector, self._rows, scanned))
 
     @staticmethod
     def _hits(found: Found) -> list[MemoryHit]:
