@@ -207,6 +207,11 @@ class DriverStatement:
         self._column_keys = list(column_keys) if column_keys is not None else None
         self._compiled: dict[str, _Compiled] = {}
         self._results: dict[str, tuple[list[str], list[Callable[[Any], Any] | None]]] = {}
+        # Whether it returns rows of its own: SQLAlchemy adds RETURNING of a serial key to a plain
+        # INSERT on PostgreSQL, which the caller did not ask for.
+        self._reads = bool(getattr(statement, "returning_column_descriptions", None)) or hasattr(
+            statement, "selected_columns"
+        )
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The rows the statement returns (RETURNING), as tuples; [] if it returns none."""
@@ -231,7 +236,7 @@ class DriverStatement:
             cursor.execute(compiled.sql, arguments)
             if events.after_cursor_execute:
                 events.after_cursor_execute(conn, cursor, compiled.sql, arguments, None, False)
-            if not cursor.description:
+            if not cursor.description or not self._reads:  # an INSERT's implicit RETURNING (PostgreSQL)
                 return [], []
             names, processors = self._results.get(dialect.name) or self._result_processors(dialect, cursor)
             rows = cursor.fetchall()

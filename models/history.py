@@ -10,7 +10,7 @@ from pydantic import JsonValue
 from sqlalchemy import Connection, bindparam, select, update
 
 from session_mcp.models.clock import Clock, from_db, to_db
-from session_mcp.models.database import Database
+from session_mcp.models.database import Database, DriverStatement
 from session_mcp.models.errors import InvalidArgument
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import clean_text
@@ -21,17 +21,20 @@ from session_mcp.models.tables import MessageRow, SessionRow
 _H = MessageRow.__table__  # type: ignore[attr-defined]
 _S = SessionRow.__table__  # type: ignore[attr-defined]
 
-# Built once (see sessions.py). The counter lives on the session row, so positions are dense and
-# never race. Parameters never take a column's name (reserved in an UPDATE or INSERT).
-_NEXT_POSITION = (
+# Built once (see sessions.py), on the driver's cursor (DriverStatement): history_add and
+# history_get run them, and get_context the last two. The counter lives on the session row, so
+# positions are dense and never race. Parameters never take a column's name (reserved in an
+# UPDATE or INSERT).
+_NEXT_POSITION = DriverStatement(
     update(_S)
     .where(_S.c.session_id == bindparam("sid"))
     .values(message_count=_S.c.message_count + 1)
     .returning(_S.c.message_count)
 )
+_APPEND = DriverStatement(_H.insert(), [c.name for c in _H.c if c.name != "seq"])  # seq: the database's
 _OF_SESSION = select(_H).where(_H.c.session_id == bindparam("sid"))
-_RECENT = _OF_SESSION.order_by(_H.c.position.desc()).limit(bindparam("n"))
-_RECENT_OF_AGENT = (
+_RECENT = DriverStatement(_OF_SESSION.order_by(_H.c.position.desc()).limit(bindparam("n")))
+_RECENT_OF_AGENT = DriverStatement(
     _OF_SESSION.where(_H.c.agent == bindparam("of")).order_by(_H.c.position.desc()).limit(bindparam("n"))
 )
 
@@ -95,7 +98,8 @@ class Histories:
     ) -> MessageAdded:
         """Append one message in the caller's transaction, after its own checks (`writable` first)."""
         message_id = uuid.uuid4().hex
-        position = conn.execute(_NEXT_POSITION, {"sid": session_id}).scalar_one() - 1
+        ((count,),) = _NEXT_POSITION.run(conn, {"sid": session_id})
+        position = count - 1
         row = {
             "message_id": message_id,
             "session_id": session_id,
@@ -107,7 +111,7 @@ class Histories:
             "tool_call_id": tool_call_id,
             "created_at": to_db(self.clock.now()),
         }
-        conn.execute(_H.insert(), row)
+        _APPEND.run(conn, row)
         return MessageAdded(message_id=message_id, index=position)
 
     def get(
@@ -119,5 +123,5 @@ class Histories:
 
     def recent(self, conn: Any, session_id: str, agent: str | None, limit: int | None) -> list[Message]:
         params = {"sid": session_id, "of": agent, "n": limit or self.limits.max_history_page}
-        rows = list(conn.execute(_RECENT if agent is None else _RECENT_OF_AGENT, params).mappings())
+        rows = (_RECENT if agent is None else _RECENT_OF_AGENT).mappings(conn, params)
         return [as_message(r) for r in reversed(rows)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, event, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from stored_memories import store
 
@@ -177,6 +177,11 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
             )
         }
     assert stored["m1"] == stored["m2"] == stored["m3"]
+    plain_insert = DriverStatement(insert(_M), column_keys=list(row(0)))  # no RETURNING asked for
+    with layer.db.write() as conn:
+        assert plain_insert.run(conn, row(7)) == []  # PostgreSQL's implicit RETURNING is not rows
+    with layer.db.write() as conn:
+        conn.execute(delete(_M).where(_M.c.memory_id == "m7"))
     with layer.db.read() as conn:
         created = conn.execute(select(_M.c.created_at).where(_M.c.memory_id == "m2")).scalar_one()
     assert from_db(created) == moment
