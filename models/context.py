@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import queue
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-from numpy.typing import NDArray
 from sqlalchemy import RowMapping, bindparam, select
 
 from session_mcp.models.database import Database
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.history import Histories
-from session_mcp.models.hybrid import Hybrid, Reading, Scanned
+from session_mcp.models.hybrid import Announce, Reading, scanning_beside
 from session_mcp.models.knowledge import Knowledge, scopes_of
 from session_mcp.models.limits import Limits
 from session_mcp.models.memory import Memory, clean_text, scope_of
@@ -93,50 +89,35 @@ class Contexts:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         budget = min(max_tokens, self.limits.context_max_tokens)
         with self.db.read() as conn:  # one snapshot for every section
-            # Each section's scopes, once read() has caught their vector caches up: this thread
-            # scans them while read() goes on with the next section's full text (as Hybrid.answer).
-            handoff: queue.SimpleQueue[tuple[str, Hybrid, list[str]] | None] = queue.SimpleQueue()
 
-            def caught_up(name: str, hybrid: Hybrid) -> Callable[[list[str]], None]:
-                return lambda scopes: handoff.put((name, hybrid, scopes))
+            def read(announce: Announce) -> _Read:  # on a batch thread (see scanning_beside)
+                session = self.sessions.local(conn, session_id, owner)
+                state_rows = list(conn.execute(_STATE, {"sid": session_id}).mappings())
+                messages = self.histories.recent(conn, session_id, None, max_items)
+                memory = {
+                    name: self.memory.read(
+                        conn,
+                        [scope_of(memory_type, session)],
+                        cleaned,
+                        max_items,
+                        announce(name, self.memory.hybrid),
+                    )
+                    for name, memory_type in _MEMORY_SECTIONS
+                }
+                knowledge = None
+                if self.knowledge is not None and not session.agent_url:
+                    knowledge = self.knowledge.read(
+                        conn,
+                        scopes_of(session),
+                        cleaned,
+                        max_items,
+                        announce("knowledge", self.knowledge.hybrid),
+                    )
+                return _Read(state_rows, messages, memory, knowledge)
 
-            def read() -> _Read:  # on a batch thread, while this one embeds the query (once, for all)
-                try:
-                    session = self.sessions.local(conn, session_id, owner)
-                    state_rows = list(conn.execute(_STATE, {"sid": session_id}).mappings())
-                    messages = self.histories.recent(conn, session_id, None, max_items)
-                    memory = {
-                        name: self.memory.read(
-                            conn,
-                            [scope_of(memory_type, session)],
-                            cleaned,
-                            max_items,
-                            caught_up(name, self.memory.hybrid),
-                        )
-                        for name, memory_type in _MEMORY_SECTIONS
-                    }
-                    knowledge = None
-                    if self.knowledge is not None and not session.agent_url:
-                        knowledge = self.knowledge.read(
-                            conn,
-                            scopes_of(session),
-                            cleaned,
-                            max_items,
-                            caught_up("knowledge", self.knowledge.hybrid),
-                        )
-                    return _Read(state_rows, messages, memory, knowledge)
-                finally:
-                    handoff.put(None)
-
-            def embed_and_scan() -> tuple[NDArray[np.float32], dict[str, Scanned]]:
-                vector = self.embedder.embed_one(cleaned)
-                scanned: dict[str, Scanned] = {}
-                while (ready := handoff.get()) is not None:
-                    name, hybrid, scopes = ready
-                    scanned[name] = hybrid.scan(scopes, vector, max_items)
-                return vector, scanned
-
-            (vector, scanned), got = self.embedder.beside(read, embed_and_scan)
+            # The query is embedded once, for every section, and each section's vectors scanned as
+            # soon as read() has caught them up, while it goes on to the next section's full text.
+            vector, scanned, got = scanning_beside(self.embedder, cleaned, max_items, read)
             sections: dict[str, list[_Candidate]] = {name: [] for name in ORDER}
             for name, reading in got.memory.items():
                 for hit in self.memory.finish(conn, reading, vector, scanned.get(name)):

@@ -219,7 +219,7 @@ class Embedder:
             for rows in batches:
                 run(rows)
         else:
-            # Pool threads run `run` and embed_beside's work, never `embed`, and neither waits on
+            # Pool threads run `run` and beside()'s work, never `embed`, and neither waits on
             # another pool task, so they cannot wait on each other.
             for _ in self._batch_pool().map(run, batches):
                 pass
@@ -229,19 +229,15 @@ class Embedder:
         row: FloatArray = self.embed([text])[0]
         return row
 
-    def embed_beside(self, text: str, work: Callable[[], T]) -> tuple[FloatArray, T]:
-        """`embed_one(text)` on this thread while `work()` runs on a batch thread; both results.
-
-        For a request with SQL to do that needs no vector: the model run, the longer of the two,
-        starts at once. Run the other way round (the model on the pool thread, as before), it first
-        waited for that thread to wake and to get the GIL from this thread's SQL: 0.46 ms p50
-        measured beside a 10k-memory search. Returns, or raises, only once `work` has ended, so
-        `work` may use the caller's open connection."""
-        return self.beside(work, lambda: self.embed_one(text))
-
     def beside(self, work: Callable[[], T], here: Callable[[], U]) -> tuple[U, T]:
-        """`here()` on this thread while `work()` runs on a batch thread, as `embed_beside`: both
-        results once both have ended; an error of `here`, else one of `work`, is raised instead."""
+        """`here()` on this thread while `work()` runs on a batch thread: both results once both
+        have ended; an error of `here`, else one of `work`, is raised instead.
+
+        For a request whose model run (`here`, the longer of the two) can go beside SQL that needs
+        no vector (`work`): the model starts at once. Run the other way round (the model on the
+        pool thread), it first waited for that thread to wake and to get the GIL from this
+        thread's SQL: 0.46 ms p50 measured beside a 10k-memory search. Returns, or raises, only
+        once `work` has ended, so `work` may use the caller's open connection."""
         job = self._batch_pool().submit(work)
         try:
             mine = here()

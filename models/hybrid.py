@@ -6,7 +6,7 @@ import functools
 import queue
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +18,7 @@ from session_mcp.models.ranking import fts5_query, fuse, keywords
 from session_mcp.models.rowvectors import RowReader, RowVectors
 from session_mcp.models.vectors import ScopedVectors
 
+T = TypeVar("T")
 _CUSTOM_PLAN = DriverStatement(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
@@ -135,7 +136,7 @@ class Reading:
 class Hybrid:
     """Searches inside the caller's read transaction: the full-text query, the cache catch-up and
     the row fetch all see one snapshot, on one pooled connection (handed between threads by
-    `Embedder.embed_beside`, never used by two at once)."""
+    `Embedder.beside`, never used by two at once)."""
 
     def __init__(
         self, embedder: Embedder, vectors: ScopedVectors, rows: RowVectors, fulltext: FullText
@@ -218,8 +219,8 @@ class Hybrid:
         fetch: Fetch,
     ) -> Found:
         """One search request. A batch thread runs `scopes()` (the caller's session check, which
-        names the scopes) and `read`, while this thread embeds the query
-        (`Embedder.embed_beside`) and then, as soon as `read` has caught the vector caches up,
+        names the scopes) and `read`, while this thread embeds the query (`scanning_beside`) and
+        then, as soon as `read` has caught the vector caches up,
         searches them (`ScopedVectors.held`) while the full-text query may still be running on
         the connection; then `finish`. A keyword-only search embeds nothing.
 
@@ -227,22 +228,47 @@ class Hybrid:
         p50 after the embedding, in 94% of searches, and the vector search that then waited for
         it took 0.9 ms."""
 
-        def read(caught_up: Callable[[list[str]], None] | None = None) -> Reading:
-            return self.read(conn, scopes(), query, limit, dense_weight, caught_up)
-
         if dense_weight <= 0:
-            return self.finish(conn, read(), None, fetch)
-        handoff: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+            return self.finish(conn, self.read(conn, scopes(), query, limit, dense_weight), None, fetch)
 
-        def read_and_hand_off() -> Reading:
-            try:
-                return read(handoff.put)
-            finally:
-                handoff.put(None)  # a read that failed first hands off nothing
+        def read(announce: Announce) -> Reading:
+            return self.read(conn, scopes(), query, limit, dense_weight, announce("", self))
 
-        def embed_and_scan() -> tuple[NDArray[np.float32], Scanned]:
-            vector = self.embedder.embed_one(query)
-            return vector, self.scan(handoff.get() or [], vector, limit)
+        vector, scanned, reading = scanning_beside(self.embedder, query, limit, read)
+        return self.finish(conn, reading, vector, fetch, scanned.get(""))
 
-        (vector, scanned), reading = self.embedder.beside(read_and_hand_off, embed_and_scan)
-        return self.finish(conn, reading, vector, fetch, scanned)
+
+Announce = Callable[[str, Hybrid], Callable[[list[str]], None]]
+"""`announce(name, hybrid)`: the `caught_up` callback of the search called `name` (see
+`scanning_beside`)."""
+
+
+def scanning_beside(
+    embedder: Embedder, query: str, limit: int, read: Callable[[Announce], T]
+) -> tuple[NDArray[np.float32], dict[str, Scanned], T]:
+    """`read(announce)` on a batch thread while this thread embeds `query`, and then scans each
+    search's vector caches (`Hybrid.scan`) as soon as `read` has caught them up, while `read` goes
+    on to its full text (and to its next search). The query's vector, the early results by
+    search name, and what `read` returned. For memory_search (one search) and get_context (one
+    per section)."""
+    handoff: queue.SimpleQueue[tuple[str, Hybrid, list[str]] | None] = queue.SimpleQueue()
+
+    def announce(name: str, hybrid: Hybrid) -> Callable[[list[str]], None]:
+        return lambda scopes: handoff.put((name, hybrid, scopes))
+
+    def work() -> T:
+        try:
+            return read(announce)
+        finally:
+            handoff.put(None)  # the end, also of a read that failed
+
+    def here() -> tuple[NDArray[np.float32], dict[str, Scanned]]:
+        vector = embedder.embed_one(query)
+        scanned: dict[str, Scanned] = {}
+        while (ready := handoff.get()) is not None:
+            name, hybrid, scopes = ready
+            scanned[name] = hybrid.scan(scopes, vector, limit)
+        return vector, scanned
+
+    (vector, scanned), got = embedder.beside(work, here)
+    return vector, scanned, got

@@ -53,7 +53,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -161,26 +162,16 @@ class ScopedVectors:
         database as the caller's open transaction sees it (so one search reads one snapshot on
         one connection); without it the cache reads through its own source."""
         q = self._vector(query)
-        while True:
-            s = self._get(scope)
-            with s.lock:
-                if s.gone:  # evicted between lookup and lock: serve from its successor
-                    continue
-                self._catch_up(s, source or self._source)
-                found = self._nearest(s, q, k, source or self._source)
-                assert found is not None
-                return found
+        with self._caught_up(scope, source or self._source) as s:
+            found = self._nearest(s, q, k, source or self._source)
+            assert found is not None
+            return found
 
     def catch_up(self, scope: str, source: VectorSource | None = None) -> None:
         """Bring the scope's cache up to the database as `source` sees it (as `search` does first),
         loading it if need be: for a search that reads in one thread and scans in another."""
-        while True:
-            s = self._get(scope)
-            with s.lock:
-                if s.gone:
-                    continue
-                self._catch_up(s, source or self._source)
-                return
+        with self._caught_up(scope, source or self._source):
+            pass
 
     def held(self, scope: str, query: NDArray[np.float32], k: int) -> list[tuple[int, float]] | None:
         """`search`'s answer from the cache as it stands, without the database: no catch-up (call
@@ -320,6 +311,18 @@ class ScopedVectors:
             return exact.rescored(q, keys)[:k]
         assert source is not None  # checked above
         return self._scored(s, q, keys, source)[:k]
+
+    @contextmanager
+    def _caught_up(self, scope: str, source: VectorSource) -> Iterator[_Scope]:
+        """The scope's cache, caught up from `source`, with its lock held."""
+        while True:
+            s = self._get(scope)
+            with s.lock:
+                if s.gone:  # evicted between lookup and lock: serve from its successor
+                    continue
+                self._catch_up(s, source)
+                yield s
+                return
 
     def _catch_up(self, s: _Scope, source: VectorSource) -> None:
         max_seq, count = source.stats(s.name)

@@ -125,21 +125,21 @@ def test_batches_embedded_side_by_side_equal_the_serial_result(cache_dir: Path) 
         parallel.close()
 
 
-def test_embed_beside_embeds_here_while_the_work_runs_on_another_thread(embedder: Embedder) -> None:
-    vector, worker = embedder.embed_beside("Cats sleep.", threading.get_ident)
+def test_beside_embeds_here_while_the_work_runs_on_another_thread(embedder: Embedder) -> None:
+    vector, worker = embedder.beside(threading.get_ident, lambda: embedder.embed_one("Cats sleep."))
     assert worker != threading.get_ident()
     assert numpy.allclose(vector, embedder.embed_one("Cats sleep."), atol=1e-6)
 
 
-def test_embed_beside_reports_the_works_error(embedder: Embedder) -> None:
+def test_beside_reports_the_works_error(embedder: Embedder) -> None:
     def work() -> None:
         raise LookupError("no such session")
 
     with pytest.raises(LookupError, match="no such session"):
-        embedder.embed_beside("Cats sleep.", work)
+        embedder.beside(work, lambda: embedder.embed_one("Cats sleep."))
 
 
-def test_embed_beside_returns_only_after_the_work_has_ended_even_when_the_model_fails(
+def test_beside_returns_only_after_the_work_has_ended_even_when_the_model_fails(
     embedder: Embedder,
 ) -> None:
     gate, ended = threading.Event(), threading.Event()
@@ -152,7 +152,7 @@ def test_embed_beside_returns_only_after_the_work_has_ended_even_when_the_model_
     opener = threading.Timer(0.2, gate.set)
     opener.start()
     with pytest.raises(TypeError):
-        embedder.embed_beside(123, work)  # type: ignore[arg-type]
+        embedder.beside(work, lambda: embedder.embed_one(123))  # type: ignore[arg-type]
     assert ended.is_set()
     opener.join()
 
