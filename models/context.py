@@ -90,7 +90,7 @@ class Contexts:
         budget = min(max_tokens, self.limits.context_max_tokens)
         with self.db.read() as conn:  # one snapshot for every section
 
-            def read(announce: Announce) -> _Read:  # on a batch thread (see scanning_beside)
+            def read(announce: Announce) -> _Read:  # on a side thread (see scanning_beside)
                 session = self.sessions.local(conn, session_id, owner)
                 state_rows = list(conn.execute(_STATE, {"sid": session_id}).mappings())
                 messages = self.histories.recent(conn, session_id, None, max_items)

@@ -218,7 +218,7 @@ class Hybrid:
         dense_weight: float,
         fetch: Fetch,
     ) -> Found:
-        """One search request. A batch thread runs `scopes()` (the caller's session check, which
+        """One search request. A side thread runs `scopes()` (the caller's session check, which
         names the scopes) and `read`, while this thread embeds the query (`scanning_beside`) and
         then, as soon as `read` has caught the vector caches up,
         searches them (`ScopedVectors.held`) while the full-text query may still be running on
@@ -246,7 +246,7 @@ Announce = Callable[[str, Hybrid], Callable[[list[str]], None]]
 def scanning_beside(
     embedder: Embedder, query: str, limit: int, read: Callable[[Announce], T]
 ) -> tuple[NDArray[np.float32], dict[str, Scanned], T]:
-    """`read(announce)` on a batch thread while this thread embeds `query`, and then scans each
+    """`read(announce)` on a side thread while this thread embeds `query`, and then scans each
     search's vector caches (`Hybrid.scan`) as soon as `read` has caught them up, while `read` goes
     on to its full text (and to its next search). The query's vector, the early results by
     search name, and what `read` returned. For memory_search (one search) and get_context (one

@@ -337,7 +337,7 @@ class Knowledge:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         with self.db.read() as conn:
 
-            def scopes() -> list[str]:  # on a batch thread, while this one embeds the query
+            def scopes() -> list[str]:  # on a side thread, while this one embeds the query
                 return scopes_of(self._readable(conn, session_id, owner))
 
             found = self.hybrid.answer(conn, scopes, cleaned, limit, _WEIGHTS[mode], self._rows)

@@ -161,7 +161,7 @@ class Memory:
         cleaned = clean_text(query, self.limits.max_text_chars, "query")
         with self.db.read() as conn:
 
-            def scopes() -> list[str]:  # on a batch thread, while this one embeds the query
+            def scopes() -> list[str]:  # on a side thread, while this one embeds the query
                 return scopes_for(memory_type, self.sessions.local(conn, session_id, owner))
 
             found = self.hybrid.answer(conn, scopes, cleaned, limit, self.dense_weight, self._rows)

@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     embedding_threads: int = Field(
         default=0,
         ge=0,
-        description="batches embedded at once, one thread each; 0: the CPUs available, at most 8",
+        description="threads each model run is split across (a lone text gets them all); 0: the CPUs "
+        "available, at most 8",
     )
     embedding_variant: EmbeddingVariant = Field(
         default=cast(EmbeddingVariant, DEFAULT_VARIANT),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from session_mcp.models import onnxgraph
 from session_mcp.models.embedder import (
     DEFAULT_VARIANT,
     DIM,
+    HELPER_NICE,
     MAX_TOKENS,
     PACKAGED_MODEL_SHA256,
     Embedder,
@@ -104,25 +106,59 @@ def test_batch_result_equals_one_by_one(embedder: Embedder, cache_dir: Path) -> 
         assert cosines(batched, one_by_one).min() > 0.999
 
 
-def test_batches_embedded_side_by_side_equal_the_serial_result(cache_dir: Path) -> None:
+def test_a_run_split_across_threads_equals_the_one_thread_result(cache_dir: Path) -> None:
     texts = MIXED * 8
     serial = Embedder(cache_dir=cache_dir, variant="fp32", batch_size=3, threads=1)
-    parallel = Embedder(cache_dir=cache_dir, variant="fp32", batch_size=3, threads=4)
+    split = Embedder(cache_dir=cache_dir, variant="fp32", batch_size=3, threads=4)
+    expected = serial.embed(texts)
+    assert cosines(split.embed(texts), expected).min() > 0.99999
+    assert cosines(numpy.stack([split.embed_one(t) for t in MIXED]), expected[: len(MIXED)]).min() > 0.99999
+    for embedder, threads in ((serial, 1), (split, 4)):
+        options = embedder._ensure_session().get_session_options()
+        assert options.intra_op_num_threads == threads
+        spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+        assert spinning == ("1" if threads > 1 else "0")
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
 
-    def batch_threads() -> int:
-        return sum(t.name.startswith("session-mcp-embed_") for t in threading.enumerate())
+
+def _nice(tid: int) -> int:
+    return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="per-thread priorities are read from Linux's /proc"
+)
+def test_the_models_helper_threads_yield_to_the_requests_threads(cache_dir: Path) -> None:
+    """A search's full-text query runs beside the model: the helpers onnxruntime starts must
+    not take that thread's core (HELPER_NICE), and nothing else may be lowered."""
+    before = {int(t) for t in os.listdir("/proc/self/task")}
+    embedder = Embedder(cache_dir=cache_dir, variant="fp32", threads=3)
+    embedder.warm()
+    python = {t.native_id for t in threading.enumerate()}
+    helpers = {int(t) for t in os.listdir("/proc/self/task")} - before - python
+    mine = _nice(threading.get_native_id())
+    assert len(helpers) == 2  # the caller is the third
+    assert {_nice(tid) for tid in helpers} == {min(19, mine + HELPER_NICE)}
+    assert all(_nice(tid) == mine for tid in python)
+    assert embedder.embed_one("Cats sleep.").shape == (DIM,)
+
+
+def test_close_lets_the_side_threads_go_and_beside_starts_them_again(cache_dir: Path) -> None:
+    embedder = Embedder(cache_dir=cache_dir, variant="fp32", threads=3)
+
+    def side_threads() -> int:
+        return sum(t.name.startswith("session-mcp-beside_") for t in threading.enumerate())
 
     try:
-        expected = serial.embed(texts)
-        before = batch_threads()  # other embedders' threads (the module's fixture) stay
-        got = parallel.embed(texts)
-        assert batch_threads() > before
-        assert cosines(got, expected).min() > 0.99999
-        parallel.close()
-        assert batch_threads() == before
-        assert cosines(parallel.embed(texts[:7]), expected[:7]).min() > 0.99999  # usable after close
+        before = side_threads()  # other embedders' threads (the module's fixture) stay
+        assert embedder.beside(lambda: 1, lambda: 2) == (2, 1)
+        assert side_threads() > before
+        embedder.close()
+        assert side_threads() == before
+        assert embedder.beside(lambda: 3, lambda: 4) == (4, 3)  # usable after close
+        assert side_threads() > before
     finally:
-        parallel.close()
+        embedder.close()
 
 
 def test_beside_embeds_here_while_the_work_runs_on_another_thread(embedder: Embedder) -> None:

@@ -164,7 +164,7 @@ def test_same_fact_added_at_once_from_two_sessions_is_stored_once(layer: Session
 
 
 def test_searches_in_flight_each_answer_as_they_would_alone(layer: SessionLayer, alice: str) -> None:
-    """Each search hands its transaction's connection to a batch thread and back (Embedder.beside):
+    """Each search hands its transaction's connection to a side thread and back (Embedder.beside):
     many at once must neither mix their snapshots nor their results."""
     for i in range(40):
         layer.memory.add(
