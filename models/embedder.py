@@ -170,7 +170,10 @@ class Embedder:
     vCPUs), int8-dynamic, alternating call by call with one-thread runs (where a call's batches ran
     side by side on two threads) at 10k memories: memory_add took 0.73-0.76x as long and
     memory_search 0.92-0.94x (its full-text query runs beside the model and shares the cores);
-    batches went 0.93-0.94x as fast (454 against 486 short texts/s, 47 against 50 long ones).
+    batches went 0.93-0.94x as fast (454 against 486 short texts/s, 47 against 50 long ones). The
+    cost is under load: four threads searching and adding at once on those two cores made 0.85-1.03x
+    (median 0.90x) as many calls a second, and `threads=1` (each run on its caller's thread alone)
+    0.91-1.03x (median 0.965x), against the one-thread runs with batches side by side.
     """
 
     def __init__(

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="threads each model run is split across (a lone text gets them all); 0: the CPUs "
-        "available, at most 8",
+        "available, at most 8; 1 for a shared server kept busy by many clients at once",
     )
     embedding_variant: EmbeddingVariant = Field(
         default=cast(EmbeddingVariant, DEFAULT_VARIANT),
