@@ -65,6 +65,24 @@ class FullText:
         }
         return {name: _listing_scopes(sql) for name, sql in queries.items()}
 
+    def merge_step(self, conn: Connection, pages: int) -> bool:
+        """One bounded step of folding the keyword index into a single segment, inside the caller's
+        write transaction; whether there was anything to fold. SQLite only (PostgreSQL's index
+        needs no such care): FTS5 writes a segment per transaction, one memory_add at a time, and
+        merges only as they pile up, so a query reads every term from several segments. Measured
+        on 10k memories added one at a time: a keyword query took 0.93 ms p50, 0.77 ms once merged
+        (one 12 ms step); 30k: 2.46-2.58 against 2.15-2.18 ms. A step writes about `pages`
+        pages (FTS5's 'merge' command with a negative budget, which merges whatever segments there
+        are); a step that changed fewer than two rows found nothing to do (FTS5's documentation)."""
+        if conn.dialect.name != "sqlite":
+            return False
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        before = driver.total_changes
+        fts = f"{self.table}_fts"
+        conn.exec_driver_sql(f"INSERT INTO {fts}({fts}, rank) VALUES('merge', ?)", (-pages,))
+        return bool(driver.total_changes - before >= 2)
+
     @functools.cached_property
     def _highest_seq(self) -> TextClause:
         return text(f"SELECT max(seq) FROM {self.table}")

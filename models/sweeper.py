@@ -1,4 +1,5 @@
-"""The sweeper: purges expired sessions' session-scoped data after a grace period."""
+"""The sweeper: purges expired sessions' session-scoped data after a grace period, and keeps the
+keyword indexes merged."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ log = logging.getLogger("session_mcp.sweeper")
 _S = SessionRow.__table__  # type: ignore[attr-defined]
 _T = StateRow.__table__  # type: ignore[attr-defined]
 _H = MessageRow.__table__  # type: ignore[attr-defined]
+_MERGE_PAGES = 256
+"""Pages one merge step writes, in a write transaction of its own, so that a write waits behind the
+sweeper for one step at most. Measured on indexes grown one memory_add at a time: 10k memories
+merged in one step of 12 ms, 30k in two of 24 and 11 ms (keyword queries then took 0.83x and 0.86x
+as long)."""
+_MERGE_STEPS = 1000
+"""Steps one sweep takes per keyword index at most (an index of up to ~1 GB merged in one sweep);
+what is left waits for the next sweep."""
 
 
 class Sweeper:
@@ -43,7 +52,31 @@ class Sweeper:
         self.batch = batch
 
     def sweep(self) -> int:
-        """Purge every session past expiry plus grace; returns how many sessions were purged."""
+        """Purge every session past expiry plus grace, then merge the keyword indexes; returns
+        how many sessions were purged."""
+        purged = self._purge()
+        self.merge_keyword_indexes()
+        return purged
+
+    def merge_keyword_indexes(self) -> int:
+        """Fold each keyword index into one segment, a bounded step per write transaction (see
+        FullText.merge_step); returns the steps that did work. The server sweeps on start and
+        every sweeper interval, so searches run on a merged index however memories arrived."""
+        indexes = [self.memory.hybrid.fulltext]
+        if self.knowledge is not None:
+            indexes.append(self.knowledge.hybrid.fulltext)
+        worked = 0
+        for fulltext in indexes:
+            for _ in range(_MERGE_STEPS):
+                with self.db.write() as conn:
+                    if not fulltext.merge_step(conn, _MERGE_PAGES):
+                        break
+                worked += 1
+        if worked:
+            log.info("merged the keyword indexes in %d steps", worked)
+        return worked
+
+    def _purge(self) -> int:
         purged = 0
         while True:
             cutoff = to_db(self.clock.now() - timedelta(seconds=self.limits.sweeper_grace_seconds))

@@ -74,3 +74,30 @@ def test_sweeper_purges_session_data_after_grace_but_keeps_long_term(
     assert layer.sessions.get(sid).status == "expired"
     assert [h.text for h in layer.memory.search(keep, "cats", "all", limit=10).results] == ["Tina likes cats"]
     assert layer.state.get(keep, "k").value == 2
+
+
+def test_sweeping_merges_the_keyword_index_and_searches_find_the_same(layer: SessionLayer) -> None:
+    """One memory_add at a time leaves SQLite's FTS5 index in several segments; a sweep folds them
+    into one (after it, a merge step finds nothing to do) and no search answer changes."""
+    sid = layer.sessions.create("m", "mia").session_id
+    for i in range(40):
+        layer.memory.add(sid, f"Note {i}: the {['red', 'blue', 'green'][i % 3]} kite flew on day {i}", "long")
+    fulltext = layer.memory.hybrid.fulltext
+
+    def work_left() -> bool:
+        with layer.db.engine.connect() as conn:
+            step = conn.begin()
+            try:
+                return fulltext.merge_step(conn, 256)
+            finally:
+                step.rollback()  # only asked: the index stays as it was
+
+    before = [h.memory_id for h in layer.memory.search(sid, "blue kite day", "all", limit=10).results]
+    on_sqlite = layer.db.is_sqlite
+    assert work_left() is on_sqlite  # PostgreSQL's index has nothing to fold
+    layer.sweeper.sweep()
+    assert work_left() is False
+    assert [h.memory_id for h in layer.memory.search(sid, "blue kite day", "all", limit=10).results] == before
+    if on_sqlite:
+        with layer.db.write() as conn:
+            conn.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES('integrity-check')")
