@@ -62,6 +62,8 @@ class Sweeper:
         """Fold each keyword index into one segment, a bounded step per write transaction (see
         FullText.merge_step); returns the steps that did work. The server sweeps on start and
         every sweeper interval, so searches run on a merged index however memories arrived."""
+        if not self.db.is_sqlite:  # PostgreSQL's index is not kept in segments
+            return 0
         indexes = [self.memory.hybrid.fulltext]
         if self.knowledge is not None:
             indexes.append(self.knowledge.hybrid.fulltext)
