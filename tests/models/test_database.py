@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, delete, event, func, insert, select, text, update
+from sqlalchemy import Integer, bindparam, column, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from stored_memories import store
 
@@ -199,6 +199,10 @@ def test_a_statement_run_on_the_driver_stores_what_sqlalchemy_stores_and_fails_a
         assert DriverStatement(read).mappings(conn, {"sid": "none such"}) == []
         with pytest.raises(TypeError, match="expanding IN"):  # a list it would send wrongly
             DriverStatement(select(_S).where(_S.c.status.in_(["active", "closed"]))).run(conn, {})
+        with pytest.raises(TypeError, match="rows only of a SELECT"):  # two columns, one it can name
+            DriverStatement(text("SELECT 1, 2").columns(column("a", Integer))).run(conn, {})
+        one = DriverStatement(text("SELECT 1, 2").columns(column("a", Integer), column("b", Integer)))
+        assert one.mappings(conn, {}) == [{"a": 1, "b": 2}]
     seen: list[str] = []
 
     def listener(conn: object, cursor: object, statement: str, *args: object) -> None:
