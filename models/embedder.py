@@ -134,8 +134,9 @@ HELPER_NICE: Final[int] = 10
 search runs its full-text query on a side thread beside the model (Embedder.beside); at the same
 priority a spinning helper took half of that thread's core. Over stdio at 10k memories, against
 one-thread runs (bench/stdio_ab.py): memory_search 1.028x and 1.035x as long with helpers at the
-same priority, 0.986x with them at nice 10; memory_add 0.88x either way. A helper that gets no
-CPU costs a run little: onnxruntime's caller takes back the work no helper has started."""
+same priority, 0.965x and 0.986x with them at nice 10; memory_add 0.85-0.88x either way.
+In-process, alternating with helpers at nice 10, searches took 1.054x as long at nice 0, 1.015x
+at 5 and 0.992x at 19."""
 
 
 def _native_threads() -> set[int]:
