@@ -222,6 +222,11 @@ class DriverStatement:
         names, rows = self._execute(conn, params)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The first row the statement returns, as a dict by column name; None if it returns none."""
+        names, rows = self._execute(conn, params)
+        return dict(zip(names, rows[0], strict=True)) if rows else None
+
     def _execute(
         self, conn: Connection, params: Mapping[str, Any]
     ) -> tuple[list[str], list[tuple[Any, ...]]]:

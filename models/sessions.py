@@ -133,8 +133,7 @@ class Sessions:
     # -- guards used by every service -------------------------------------------------------------
 
     def readable(self, conn: Connection, session_id: str, owner: str | None = None) -> SessionRecord:
-        rows = _READ.mappings(conn, {"sid": session_id})
-        row = rows[0] if rows else None
+        row = _READ.first(conn, {"sid": session_id})
         if row is None or (owner is not None and row["user_id"] != owner):
             raise SessionNotFound(session_id)
         return SessionRecord.of(row)
@@ -147,8 +146,7 @@ class Sessions:
         The touch is an UPDATE, so on PostgreSQL it row-locks the session: a close and a write to
         the same session serialise, and no write commits after the close."""
         params = {"sid": session_id, "now": to_db(self.clock.now()), "owner": owner}
-        rows = (_TOUCH if owner is None else _TOUCH_OWNED).mappings(conn, params)
-        touched = rows[0] if rows else None
+        touched = (_TOUCH if owner is None else _TOUCH_OWNED).first(conn, params)
         if touched is None:
             row = self.readable(conn, session_id, owner)
             if row.status == "closed":

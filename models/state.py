@@ -252,7 +252,7 @@ class State:
         with self.db.write() as conn:
             self.sessions.writable(conn, session_id, owner)
             self._check_key_room(conn, session_id, key)
-            row = next(iter(stmt.mappings(conn, params)), None)
+            row = stmt.first(conn, params)
             if row is None:
                 self._explain_refusal(conn, session_id, key, increment)
         return StateWritten(key=key, value=value_of(row), version=row["version"])
@@ -302,7 +302,7 @@ class State:
         return StateSnapshot(state=state)
 
     def _row(self, conn: Connection, session_id: str, key: str) -> Any:
-        return next(iter(_ROW.mappings(conn, {"sid": session_id, "k": key})), None)
+        return _ROW.first(conn, {"sid": session_id, "k": key})
 
     def _check_key_room(self, conn: Connection, session_id: str, key: str) -> None:
         if self._row(conn, session_id, key) is not None:

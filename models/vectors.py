@@ -162,8 +162,9 @@ class ScopedVectors:
         database as the caller's open transaction sees it (so one search reads one snapshot on
         one connection); without it the cache reads through its own source."""
         q = self._vector(query)
-        with self._caught_up(scope, source or self._source) as s:
-            found = self._nearest(s, q, k, source or self._source)
+        source = source or self._source
+        with self._caught_up(scope, source) as s:
+            found = self._nearest(s, q, k, source)
             assert found is not None
             return found
 
