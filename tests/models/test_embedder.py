@@ -21,6 +21,7 @@ from session_mcp.models.embedder import (
     HELPER_NICE,
     MAX_TOKENS,
     PACKAGED_MODEL_SHA256,
+    RECENT_TEXT_CHARS,
     Embedder,
     _truncated,
     open_session,
@@ -104,6 +105,44 @@ def test_batch_result_equals_one_by_one(embedder: Embedder, cache_dir: Path) -> 
     token_budget = Embedder(cache_dir=cache_dir, variant="fp32", batch_tokens=40)  # long texts run alone
     for batched in (embedder.embed(MIXED), small_batches.embed(MIXED), token_budget.embed(MIXED)):
         assert cosines(batched, one_by_one).min() > 0.999
+
+
+def test_a_text_embedded_again_reuses_its_vector_without_running_the_model(cache_dir: Path) -> None:
+    embedder = Embedder(cache_dir=cache_dir, variant="fp32", recent_texts=2)
+    first = embedder.embed_one("the deploy window moved to Thursday")
+    assert embedder.model_runs == 1
+    again = embedder.embed_one("the deploy window moved to Thursday")
+    assert again is first and embedder.model_runs == 1
+    with pytest.raises(ValueError, match="read-only"):
+        again[0] = 0.0  # a caller cannot change what the next caller gets
+    fresh = Embedder(cache_dir=cache_dir, variant="fp32", recent_texts=0)
+    assert (
+        cosines(first[None, :], fresh.embed_one("the deploy window moved to Thursday")[None, :])[0] > 0.9999
+    )
+
+
+def test_only_the_most_recently_used_texts_are_kept(cache_dir: Path) -> None:
+    embedder = Embedder(cache_dir=cache_dir, variant="fp32", recent_texts=2)
+    for text in ("alpha text", "beta text", "alpha text", "gamma text"):  # gamma pushes beta out
+        embedder.embed_one(text)
+    assert embedder.model_runs == 3
+    embedder.embed_one("alpha text")
+    assert embedder.model_runs == 3
+    embedder.embed_one("beta text")
+    assert embedder.model_runs == 4
+    long = "word " * (RECENT_TEXT_CHARS // 5 + 1)
+    embedder.embed_one(long)
+    embedder.embed_one(long)
+    assert embedder.model_runs == 6  # too long to keep
+    none_kept = Embedder(cache_dir=cache_dir, variant="fp32", recent_texts=0)
+    none_kept.embed_one("alpha text")
+    none_kept.embed_one("alpha text")
+    assert none_kept.model_runs == 2
+
+
+def test_a_negative_number_of_recent_texts_is_refused(cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match="recent_texts must be >= 0"):
+        Embedder(cache_dir=cache_dir, recent_texts=-1)
 
 
 def test_a_run_split_across_threads_equals_the_one_thread_result(cache_dir: Path) -> None:

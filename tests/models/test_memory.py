@@ -33,6 +33,16 @@ def test_same_text_in_same_scope_returns_the_existing_memory(layer: SessionLayer
     assert not short.deduplicated and short.memory_id != first.memory_id
 
 
+def test_adding_a_fact_again_does_not_run_the_model_again(layer: SessionLayer, alice: str) -> None:
+    first = layer.memory.add(alice, "The user's sister lives in Porto and visits each June")
+    runs = layer.memory.embedder.model_runs
+    again = layer.memory.add(alice, "The user's sister lives in Porto and visits each June")
+    assert again.deduplicated and again.memory_id == first.memory_id
+    assert layer.memory.embedder.model_runs == runs
+    found = layer.memory.search(alice, "The user's sister lives in Porto and visits each June", limit=1)
+    assert found.results[0].memory_id == first.memory_id and layer.memory.embedder.model_runs == runs
+
+
 def test_search_finds_by_meaning_best_first(layer: SessionLayer, alice: str) -> None:
     layer.memory.add(alice, "The user prefers concise answers without fluff")
     layer.memory.add(alice, "The user's dog is called Biscuit")
