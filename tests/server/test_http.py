@@ -31,7 +31,7 @@ from http_servers import (
     connect_to,
     http_server,
 )
-from mcp import Client
+from mcp import Client, types
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
@@ -575,3 +575,35 @@ async def test_a_user_can_listen_only_to_their_own_sessions(team_server: Running
             await call(alice, "state_set", session_id="alice-notes", key="k", value=1)
             with anyio.fail_after(30):
                 assert getattr(await anext(events), "uri", None) == "session://alice-notes/state"
+
+
+async def test_a_listen_sent_as_a_notification_is_passed_on_unchecked_and_dropped(
+    team_server: Running, held: Held, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A notification has no id to send a refusal to: the guard must let it through to the SDK,
+    # which drops it (no listen is a notification), rather than raise where nobody hears it. On a
+    # legacy connection: at 2026-07-28 streamable HTTP drops client notifications before the guard.
+    caplog.set_level(logging.DEBUG, logger="mcp.server.runner")
+    listen = types.Notification[dict[str, Any], str](
+        method="subscriptions/listen",
+        params={"notifications": {"resourceSubscriptions": ["session://alice-notes/state"]}},
+    )
+    async with (
+        held(connect(team_server, TOKENS["alice"])) as alice,
+        held(connect(team_server, TOKENS["bob"], mode="legacy")) as bob,
+    ):
+        await call(alice, "session_create", session_id="alice-notes")
+        await bob.session.send_notification(listen)  # type: ignore[arg-type]
+
+        def outcome() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "mcp.server.runner" and "subscriptions/listen" in r.getMessage()
+            ]
+
+        with anyio.fail_after(CALL_TIMEOUT):
+            while not outcome():
+                await anyio.sleep(0.01)  # polling interval, not a wait for anything to happen
+        assert outcome() == ["no handler for notification subscriptions/listen"]
+        await call(bob, "session_create", session_id="bob-notes")  # the connection still serves
