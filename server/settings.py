@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal, cast
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from session_mcp.models.config import DEFAULT_VARIANT, LayerConfig, default_url_policy
@@ -115,6 +115,19 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         default=10, gt=0, description="on SIGTERM, how long in-flight HTTP requests get to finish"
     )
+
+    @field_validator(
+        "data_dir", "database_url", "model_path", "tokenizer_path", "auth_tokens_file", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """A blank path or database URL means the default: a host's form left blank (the MCP
+        registry entry offers SESSION_MCP_DATA_DIR and the Claude Desktop extension a database
+        URL) would otherwise make the data dir the path '.', so that the data went wherever the
+        host happened to start the server, and a URL of spaces one that cannot be parsed."""
+        if isinstance(value, str) and not value.strip():
+            return _default_data_dir() if info.field_name == "data_dir" else None
+        return value
 
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
     @classmethod
