@@ -43,6 +43,22 @@ def test_adding_a_fact_again_does_not_run_the_model_again(layer: SessionLayer, a
     assert found.results[0].memory_id == first.memory_id and layer.memory.embedder.model_runs == runs
 
 
+def test_keyword_search_weighs_a_rare_word_above_one_most_memories_share(
+    layer: SessionLayer, alice: str
+) -> None:
+    fillers = ["went hiking", "read a novel", "baked bread", "painted a fence", "fixed a bike", "ran a race"]
+    for i in range(24):  # every turn starts with the speaker's name, as a transcript stored turn by turn does
+        layer.memory.add(alice, f"Caroline: I {fillers[i % 6]} {i}")
+    pottery = (
+        "Melanie: I took up pottery last spring, after a long winter of evening classes at the old art school"
+    )
+    layer.memory.add(alice, pottery)
+    layer.memory.dense_weight = 0.0  # the keyword side alone (BM25 on SQLite, weighted ts_rank on PostgreSQL)
+    results = layer.memory.search(alice, "When did Caroline start pottery?", limit=3).results
+    assert results[0].text == pottery, [r.text for r in results]
+    assert results[0].score > results[1].score
+
+
 def test_search_finds_by_meaning_best_first(layer: SessionLayer, alice: str) -> None:
     layer.memory.add(alice, "The user prefers concise answers without fluff")
     layer.memory.add(alice, "The user's dog is called Biscuit")
