@@ -19,6 +19,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from scratch_schema import scratch_schema
+
 from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.layer import SessionLayer
@@ -71,10 +73,17 @@ def main() -> int:
         "--weights", default="0,0.3,0.4,0.5,0.6,1", help="dense weights to compare (0 = keyword)"
     )
     parser.add_argument("--variant", default=None, help="embedding variant (default: the server default)")
-    parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL database; the run uses a schema of its own, dropped after",
+    )
     args = parser.parse_args()
     data = json.loads(args.data.read_text())
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        scratch_schema(args.database_url, "locomo") as args.database_url,
+    ):
         embedder_kwargs = {} if args.variant is None else {"variant": args.variant}
         embedder = Embedder(cache_dir=Path(tmp) / "models", **embedder_kwargs)
         url = args.database_url or f"sqlite:///{tmp}/locomo.db"

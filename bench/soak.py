@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from scratch_schema import scratch_schema
 from stdio_speed import SERVER, Sentences, Server, kill_leftovers, memory_mb, pct, spawn
 
 HERE = Path(__file__).resolve().parent
@@ -219,14 +220,21 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=30, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=120, help="seconds before the RSS baseline")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL database; the run uses a schema of its own, dropped after",
+    )
     args = parser.parse_args()
     for name in ("minutes", "rate", "sample"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be more than 0, not {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be 0 or more, not {args.warmup}")
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="soak-") as tmp,
+        scratch_schema(args.database_url, "soak") as args.database_url,
+    ):
         data = Path(tmp) / "data"
         try:
             result = anyio.run(soak, args, data)

@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from scratch_schema import scratch_schema
 from stdio_speed import SESSION, Sentences, children, memory_mb, populate, server_env
 
 HERE = Path(__file__).resolve().parent
@@ -48,20 +49,6 @@ def arguments(tool: str, i: int, queries: list[str], adds: list[str]) -> dict[st
     return {"session_id": SESSION, "key": "ab-counter"}
 
 
-def in_schema(database_url: str, schema: str) -> str:
-    sep = "&" if "?" in database_url else "?"
-    return f"{database_url}{sep}options=-csearch_path%3D{schema}"
-
-
-def schemas(database_url: str, statement: str) -> None:
-    """Run `statement` (with `{schema}`) for each build's PostgreSQL schema."""
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for label in ("a", "b"):
-            conn.execute(statement.format(schema=f"stdio_ab_{label}"))
-
-
 def databases(args: argparse.Namespace, work: Path) -> dict[str, str]:
     """Each build's database, populated alike: a copy of one SQLite file, or on PostgreSQL
     (--database-url) a schema each, filled with the same texts and vectors (no copy across)."""
@@ -72,8 +59,7 @@ def databases(args: argparse.Namespace, work: Path) -> dict[str, str]:
         for label in ("A", "B"):
             shutil.copytree(seed, work / label)
         return {label: f"sqlite:///{work / label}/session-mcp.db" for label in ("A", "B")}
-    schemas(args.database_url, "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
-    urls = {label: in_schema(args.database_url, f"stdio_ab_{label.lower()}") for label in ("A", "B")}
+    urls = {"A": args.database_url_a, "B": args.database_url_b}
     for label, url in urls.items():
         populate(work / label, url, args.size, Sentences(seed=1), set())
     return urls
@@ -144,15 +130,15 @@ def main() -> None:
     parser.add_argument(
         "--database-url",
         help="a PostgreSQL database (postgresql://user@host:5432/db) to run both builds on, each in "
-        "a schema of its own (stdio_ab_a, stdio_ab_b, dropped afterwards); default: SQLite files",
+        "a schema of its own (stdio_ab_a_*, stdio_ab_b_*, dropped afterwards); default: SQLite files",
     )
     args = parser.parse_args()
-    try:
-        with tempfile.TemporaryDirectory(prefix="stdio-ab-") as tmp:
-            out = anyio.run(run, args, Path(tmp))
-    finally:
-        if args.database_url:
-            schemas(args.database_url, "DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with (
+        tempfile.TemporaryDirectory(prefix="stdio-ab-") as tmp,
+        scratch_schema(args.database_url, "stdio_ab_a") as args.database_url_a,
+        scratch_schema(args.database_url, "stdio_ab_b") as args.database_url_b,
+    ):
+        out = anyio.run(run, args, Path(tmp))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(f"results written to {RESULTS}")

@@ -56,6 +56,7 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning
+from scratch_schema import scratch_schema
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "stdio_speed.json"
@@ -914,8 +915,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         r["cold_start"] = await cold_start(work, args.cold_runs)
 
     data = work / "scale"
-    # The scale phases' database: SQLite in the work dir, or --database-url (an empty database:
-    # the bench creates its session and memories there and does not clean up).
+    # The scale phases' database: SQLite in the work dir, or a schema of this run's own in the
+    # --database-url database (scratch_schema), dropped at the end.
     database_url = args.database_url or f"sqlite:///{data / 'bench.db'}"
     env = server_env(data, database_url)
     used: set[str] = set()
@@ -1000,8 +1001,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--database-url",
         default=None,
-        help="run the calls and scale phases on this (empty) database, e.g. a fresh PostgreSQL one; "
-        "default: SQLite in the work dir (cold start always uses SQLite)",
+        help="run the calls and scale phases on this PostgreSQL database, in a schema of the run's own "
+        "that is dropped afterwards (kept with --keep); default: SQLite in the work dir (cold start "
+        "always uses SQLite)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, server logs)")
@@ -1015,7 +1017,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{SERVER} not found: install the project into this venv", file=sys.stderr)
         return 2
     try:
-        with workdir(args.keep) as work:
+        with (
+            workdir(args.keep) as work,
+            scratch_schema(args.database_url, "stdio_speed", keep=args.keep) as args.database_url,
+        ):
             results = anyio.run(run, args, work)
     finally:
         kill_leftovers()
