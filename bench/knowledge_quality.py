@@ -65,6 +65,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scratch_schema import scratch_schema
+
 from session_mcp.models.config import LayerConfig
 from session_mcp.models.embedder import Embedder
 from session_mcp.models.ingestion import KnowledgeConfig
@@ -270,6 +272,11 @@ def main() -> int:
     parser.add_argument("--per-module", type=int, default=4)
     parser.add_argument("--variant", default=None, help="embedding variant (default: the server default)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL database (its own schema, dropped after); default: SQLite in a temp dir",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -283,7 +290,10 @@ def main() -> int:
         + ", ".join(f"{s} {len(v)}" for s, v in by_set.items()),
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="knowledge-quality-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="knowledge-quality-") as tmp,
+        scratch_schema(args.database_url, "knowledge_quality") as database_url,
+    ):
         work = Path(tmp).resolve()
         folder = work / "stdlib-docs"
         folder.mkdir()
@@ -293,7 +303,7 @@ def main() -> int:
         embedder = Embedder(cache_dir=work / "models", **kwargs)
         layer = SessionLayer(
             LayerConfig(
-                database_url=f"sqlite:///{work}/quality.db",
+                database_url=database_url or f"sqlite:///{work}/quality.db",
                 data_dir=work / "data",
                 knowledge=KnowledgeConfig(roots=(work,)),
             ),
