@@ -19,6 +19,7 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, DisconnectionError, OperationalError
 
 from session_mcp.models.errors import EngineError, InvalidArgument
+from session_mcp.models.ranking import bm25_idf
 
 log = logging.getLogger("session_mcp.database")
 
@@ -113,6 +114,7 @@ class Database:
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            dbapi_conn.create_function("bm25_idf", 2, bm25_idf, deterministic=True)  # hybrid.FullText
 
         @event.listens_for(self.engine, "begin")
         def _on_begin(conn: Connection) -> None:

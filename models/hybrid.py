@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import queue
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,9 +38,20 @@ def _listing_scopes(sql: str) -> ListStatement:
 @dataclass(frozen=True)
 class FullText:
     """A table with `seq`, `scope` and `text` columns, its FTS5 mirror on SQLite (`<table>_fts`)
-    and its generated `tsv` column on PostgreSQL. Names are fixed literals, never user input."""
+    and its generated `tsv` column on PostgreSQL. Names are fixed literals, never user input.
+
+    `rank` says how SQLite scores a row: "bm25", FTS5's, or "idf", the sum of the BM25 idf (in
+    the searched scopes) of the query words the row contains, with no weight for repeats and no
+    length normalisation. "idf" is for memories, short texts in which a word rarely repeats and
+    where BM25's length normalisation held back the longer turn that answered: LoCoMo
+    (bench/locomo.py, dense weight 0.7) R@5 0.576 -> 0.614 (keyword alone 0.550 -> 0.572); the
+    keyword query 0.488 -> 0.365 ms p50 at 10k memories and 4.22 -> 3.81 ms at 100k. Documents'
+    chunks keep bm25: the same scoring of them gave keyword-only MRR 0.924 against 0.948 on the
+    sparse questions of bench/knowledge_quality.py, where a word's repeats are the signal.
+    PostgreSQL scores both as idf-weighted ts_rank (see `_queries`)."""
 
     table: str
+    rank: Literal["bm25", "idf"] = "bm25"
 
     @functools.cached_property
     def _queries(self) -> dict[str, ListStatement]:
@@ -57,6 +69,17 @@ class FullText:
                 f"SELECT r.seq, -bm25({fts}, 1.0, 0.0) AS score FROM {fts} "
                 f"JOIN {self.table} r INDEXED BY ix_{self.table}_seq_scope ON r.seq = {fts}.rowid "
                 f"WHERE {fts} MATCH :q AND r.scope IN :scopes ORDER BY score DESC LIMIT :k"
+            ),
+            # One MATCH per word (:words, a JSON list of MATCH expressions), its rows in the
+            # scopes counted for its df; a row's score is the sum of its words' idf.
+            "sqlite-idf": (
+                "WITH t AS (SELECT key AS word, value AS q FROM json_each(:words)), "
+                f"h AS (SELECT t.word, r.seq FROM t JOIN {fts} f ON f.{fts} MATCH t.q "
+                f"JOIN {self.table} r INDEXED BY ix_{self.table}_seq_scope ON r.seq = f.rowid "
+                "WHERE r.scope IN :scopes), "
+                "d AS (SELECT word, bm25_idf(:n, count(*)) AS idf FROM h GROUP BY word) "
+                "SELECT seq, sum(idf) AS score FROM h JOIN d USING (word) GROUP BY seq "
+                "ORDER BY score DESC LIMIT :k"
             ),
             # PostgreSQL has no BM25: ts_rank weighs every word alike, so a word in half the
             # scope's rows (a speaker's name that starts each turn) counted as much as a rare
@@ -113,7 +136,12 @@ class FullText:
         dialect = conn.dialect.name
         params: dict[str, Any] = {"scopes": scopes, "k": k * len(scopes)}
         if dialect == "sqlite":
-            params["q"] = fts5_query(words, scopes if self._names_scopes(conn, rows, highest) else None)
+            named = scopes if self._names_scopes(conn, rows, highest) else None
+            if self.rank == "idf":
+                dialect = "sqlite-idf"
+                params.update(words=json.dumps([fts5_query([w], named) for w in words]), n=rows or 0)
+            else:
+                params["q"] = fts5_query(words, named)
         else:
             params.update(terms=words, n=rows or 0)  # an N below a word's df counts as that df (idf > 0)
             # psycopg prepares a statement on the server once it has run 5 times, and PostgreSQL

@@ -108,7 +108,7 @@ class Memory:
         self.limits = limits
         self.dense_weight = DENSE_WEIGHT
         self.rows = rows
-        self.hybrid = Hybrid(embedder, vectors, rows, FullText("memories"))
+        self.hybrid = Hybrid(embedder, vectors, rows, FullText("memories", rank="idf"))
 
     def add(
         self,

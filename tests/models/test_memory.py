@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from sqlalchemy import event, func, select
@@ -18,6 +19,7 @@ from session_mcp.models.errors import InvalidArgument, LimitExceeded, MemoryNotF
 from session_mcp.models.hybrid import FullText
 from session_mcp.models.layer import MEMORIES, SessionLayer
 from session_mcp.models.migrations import migrate
+from session_mcp.models.ranking import bm25_idf
 
 
 @pytest.fixture
@@ -211,7 +213,10 @@ def test_searches_in_flight_each_answer_as_they_would_alone(layer: SessionLayer,
     assert all(hits for hits in alone[:-1])
 
 
-def test_a_keyword_search_ranks_only_the_rows_of_its_own_scopes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank", ["bm25", "idf"])
+def test_a_keyword_search_ranks_only_the_rows_of_its_own_scopes(
+    tmp_path: Path, rank: Literal["bm25", "idf"]
+) -> None:
     """Another user's matching rows cost a search nothing: SQLite's full-text query names the
     scopes (before, it ranked every match in the table and dropped other scopes' rows after).
     Counted in SQLite VM steps, which do not depend on the machine's speed."""
@@ -222,7 +227,7 @@ def test_a_keyword_search_ranks_only_the_rows_of_its_own_scopes(tmp_path: Path) 
     ]
     with db.write() as conn:
         store(conn, rows)
-    fulltext = FullText("memories")
+    fulltext = FullText("memories", rank=rank)
 
     def steps(scope: str, rows: int | None) -> tuple[dict[int, float], int]:
         counted = [0]
@@ -247,8 +252,33 @@ def test_a_keyword_search_ranks_only_the_rows_of_its_own_scopes(tmp_path: Path) 
         assert len(small) == 5 and len(big) == 50
         assert small_steps * 5 < big_steps  # 93 against 4472 steps here; 1456 with the words alone
         named, _ = steps("long:big", None)  # the same scores whichever form the query takes
-        assert named.keys() == big.keys()
-        assert all(abs(named[seq] - score) < 1e-9 for seq, score in big.items())
+        if rank == "bm25":  # under "idf" every row holding the one word ties, so any 50 may come
+            assert named.keys() == big.keys()
+            assert all(abs(named[seq] - score) < 1e-9 for seq, score in big.items())
+        assert sorted(named.values()) == pytest.approx(sorted(big.values()))
+    finally:
+        db.close()
+
+
+def test_sqlites_idf_ranking_sums_the_idf_in_the_searched_scopes_of_the_words_a_memory_holds(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'idf.db'}")
+    migrate(db)
+    rows = [("long:a", f"tea time {n}") for n in range(8)] + [
+        ("long:a", f"rare pottery and tea {n}") for n in range(2)
+    ]
+    rows += [("long:b", f"pottery pottery {n}") for n in range(100)]  # another scope's rows count for nothing
+    with db.write() as conn:
+        store(conn, rows)
+    try:
+        with db.read() as conn:
+            scores = FullText("memories", rank="idf").scores(
+                conn, ["long:a"], ["tea", "pottery", "absent"], 50, 10
+            )
+        tea, pottery = bm25_idf(10, 10), bm25_idf(10, 2)
+        assert sorted(scores.values(), reverse=True) == pytest.approx([tea + pottery] * 2 + [tea] * 8)
+        assert pottery > tea > 0
     finally:
         db.close()
 
